@@ -1,0 +1,200 @@
+"""Apply a different LoRA adapter to every row of a batch, for the span of a ``with``.
+
+``inject(model, adapters, spec)`` registers one forward hook per target. The hook
+adds ``s · dropout(x_i) A_i B_i`` to row i of the projection's output, batched over
+rows with ``bmm``/``baddbmm`` so no per-token copy of A or B is ever made. On exit
+every hook is removed, also when the forward raised, and the model is the base
+model again, bit for bit.
+
+Gradient checkpointing replays a layer's forward during backward, which can be
+after the ``with`` block has ended and the hooks are gone (PEFT hit this). While
+injected, the checkpoint function of every checkpointed layer is wrapped so that
+the replay re-installs this injection's hooks for its own duration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from hyperlora.lora import LoRASpec
+from hyperlora.targets import Conv1D, linear_features
+
+__all__ = ["AdapterBatch", "inject", "lora_forward_delta"]
+
+# target name -> (A [B, D, R], B [B, R, O])
+AdapterBatch = Mapping[str, tuple[Tensor, Tensor]]
+
+
+def lora_forward_delta(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scaling: float, inplace: bool) -> Tensor:
+    """``out + scaling · x A B`` row by row.
+
+    Args:
+        out: ``[B, T, O]`` or ``[B, O]``, the base projection's output.
+        x: ``[B, T, D]`` or ``[B, D]``, its input (dropout already applied).
+        A: ``[B, D, R]``; B: ``[B, R, O]``.
+        inplace: add into ``out``'s storage (only when no graph needs ``out``).
+    """
+    squeeze = out.dim() == 2
+    out3 = out.unsqueeze(1) if squeeze else out
+    x3 = x.unsqueeze(1) if squeeze else x
+    dtype = out.dtype
+    # The shrink x·A is [B, T, R]: tiny. The expand is fused with the add into the
+    # projection's output (beta=1), one GEMM launch and no [B, T, O] temporary.
+    xa = torch.bmm(x3.to(dtype), A.to(dtype))
+    if inplace:
+        result = out3.baddbmm_(xa, B.to(dtype), alpha=scaling)
+    else:
+        result = torch.baddbmm(out3, xa, B.to(dtype), alpha=scaling)
+    return result.squeeze(1) if squeeze else result
+
+
+class inject:  # noqa: N801 - used as a context manager, reads like one
+    """Context manager: ``with inject(model, adapters, spec): model(...)``.
+
+    Args:
+        model: the student. Its parameters are never modified.
+        adapters: ``{target name: (A [B, D, R], B [B, R, O])}``; every pair has
+            the same number of rows ``B``. A forward with ``k·B`` rows (beams,
+            ``num_return_sequences``) gets each adapter repeated ``k`` times
+            row-major, as ``generate`` expands its inputs.
+        spec: gives the scaling and the dropout (dropout only in training mode).
+
+    Raises:
+        ValueError: an unknown target, a shape that does not fit its module,
+            adapters with different row counts, or (in the forward) a batch
+            that is no multiple of the adapters' rows.
+    """
+
+    def __init__(self, model: nn.Module, adapters: AdapterBatch, spec: LoRASpec) -> None:
+        self.model = model
+        self.spec = spec
+        self.adapters = dict(adapters)
+        self.rows = _validate(model, self.adapters, spec)
+        self._modules = {name: model.get_submodule(name) for name in self.adapters}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._expanded: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+        self._patched: list[tuple[nn.Module, Any]] = []
+
+    # -- hooks ---------------------------------------------------------------
+    def _pair(self, name: str, rows: int) -> tuple[Tensor, Tensor]:
+        if rows == self.rows:
+            return self.adapters[name]
+        if rows % self.rows != 0:
+            raise ValueError(
+                f"Batch-size mismatch at {name}: the forward has {rows} rows but the adapters were made for "
+                f"{self.rows} prompts. Give one prompt per row (or a batch that is a multiple of it, as beams do)."
+            )
+        key = (name, rows)
+        if key not in self._expanded:
+            A, B = self.adapters[name]
+            k = rows // self.rows
+            self._expanded[key] = (A.repeat_interleave(k, dim=0), B.repeat_interleave(k, dim=0))
+        return self._expanded[key]
+
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor]:
+        scaling, p = self.spec.scaling, self.spec.dropout
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+            x = args[0]
+            A, B = self._pair(name, x.shape[0])
+            if p > 0.0 and module.training:
+                x = F.dropout(x, p=p, training=True)
+            # Without a graph the output's storage is ours to add into.
+            return lora_forward_delta(output, x, A, B, scaling, inplace=not torch.is_grad_enabled())
+
+        return hook
+
+    def _install(self) -> None:
+        for name, module in self._modules.items():
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    @contextmanager
+    def _hooks_present(self) -> Iterator[None]:
+        """Hooks for the duration of a checkpoint replay that runs after exit."""
+        if self._handles:
+            yield
+            return
+        self._install()
+        try:
+            yield
+        finally:
+            self._remove()
+
+    # -- gradient checkpointing ---------------------------------------------
+    def _checkpoint_with_hooks(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        def replayable(*a: Any, **k: Any) -> Any:
+            with self._hooks_present():
+                return function(*a, **k)
+
+        # Non-reentrant: the reentrant variant runs the first forward without a
+        # graph and back-propagates into A and B in a nested backward, which walks
+        # the generator's graph once per layer and fails on the second walk.
+        return checkpoint(replayable, *args, use_reentrant=False, **kwargs)
+
+    def _patch_checkpointing(self) -> None:
+        for module in self.model.modules():
+            if "_gradient_checkpointing_func" in module.__dict__ and getattr(module, "gradient_checkpointing", False):
+                self._patched.append((module, module.__dict__["_gradient_checkpointing_func"]))
+                module._gradient_checkpointing_func = self._checkpoint_with_hooks
+
+    def _unpatch_checkpointing(self) -> None:
+        while self._patched:
+            module, original = self._patched.pop()
+            module._gradient_checkpointing_func = original
+
+    # -- context -------------------------------------------------------------
+    def __enter__(self) -> inject:
+        try:
+            self._patch_checkpointing()
+            self._install()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._remove()
+        finally:
+            self._unpatch_checkpointing()
+            self._expanded.clear()
+
+
+def _validate(model: nn.Module, adapters: dict[str, tuple[Tensor, Tensor]], spec: LoRASpec) -> int:
+    """Check names, shapes and row counts before any hook exists; return the row count."""
+    if not adapters:
+        raise ValueError("inject() got no adapters: pass {target name: (A, B)}, e.g. from HyperLoRA.adapters().")
+    rows: dict[str, int] = {}
+    for name, pair in adapters.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"Adapter for {name!r}, but the model has no module of that name.") from None
+        if not isinstance(module, (nn.Linear, Conv1D)):
+            raise ValueError(f"Adapter for {name!r}, which is a {type(module).__name__}, not a linear projection.")
+        if not (isinstance(pair, tuple | list) and len(pair) == 2):
+            raise ValueError(f"Adapter for {name!r} must be a pair (A, B).")
+        A, B = pair
+        d_in, d_out = linear_features(module)
+        expected_a, expected_b = (A.shape[0], d_in, spec.rank), (A.shape[0], spec.rank, d_out)
+        if A.dim() != 3 or B.dim() != 3 or tuple(A.shape) != expected_a or tuple(B.shape) != expected_b:
+            raise ValueError(
+                f"Adapter for {name!r} has A {tuple(A.shape)} and B {tuple(B.shape)}; expected "
+                f"A [rows, {d_in}, {spec.rank}] and B [rows, {spec.rank}, {d_out}] (rank {spec.rank})."
+            )
+        rows[name] = A.shape[0]
+    distinct = sorted(set(rows.values()))
+    if len(distinct) != 1:
+        raise ValueError(f"Adapters disagree on the number of rows: {distinct}. Every target needs one pair per row.")
+    return distinct[0]
