@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` (the main job on the built-in
+# default) and `make test`. Each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch first: on a machine without a GPU the pinned CPU wheel (on disk here) is
+# taken, so the project's own range (torch>=2.4) resolves against it instead of
+# pulling a multi-GB CUDA build. With a GPU, keep whatever CUDA build pip picks.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.4"; \
+	else $(BIN)/pip install -q torch==2.13.0; fi
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/hyperlora demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python scripts/bench_injector.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,35 @@
+"""``hyperlora`` command line: one sub-command per job, each a module with ``main(argv)``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# sub-command -> (module, one-line help). Modules are imported only when chosen,
+# so ``hyperlora --help`` stays instant and a job's heavy imports stay its own.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("hyperlora.demo", "inject random per-row adapters into a tiny model and check them against a dense reference"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
+    return f"usage: hyperlora <command> [args]\n\ncommands:\n{rows}\n\n`hyperlora <command> --help` for a command's options."
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"hyperlora: unknown command {command!r}.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
