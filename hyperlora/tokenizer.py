@@ -33,7 +33,8 @@ def char_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
     for ch in CHARACTERS:
         vocab.setdefault(ch, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    # Every character is its own piece, newlines included ("." alone would leave "\n\n" whole).
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,

@@ -1,0 +1,75 @@
+"""Gradient checkpointing gives the adapters the same gradients as a plain backward.
+
+Checkpointing replays each layer's forward during backward. When backward runs
+after the ``with inject(...)`` block, a naive injector has already removed its
+hooks, the replay computes the base layer and the gradients silently change
+(PEFT hit this). Both backward placements and both checkpoint variants are checked.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SPEC, make_adapters, random_ids
+from torch import Tensor, nn
+
+from hyperlora.injector import inject
+from hyperlora.targets import find_targets
+from hyperlora.tiny import tiny_model
+
+Leaves = dict[str, tuple[Tensor, Tensor]]
+
+
+def _student(checkpointing: bool, use_reentrant: bool = False) -> nn.Module:
+    model = tiny_model("llama").train()
+    model.requires_grad_(False)  # frozen base: only the adapters get gradients
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    return model
+
+
+def _leaves(model: nn.Module) -> Leaves:
+    adapters = make_adapters(find_targets(model), rows=2)
+    return {name: (A.clone().requires_grad_(), B.clone().requires_grad_()) for name, (A, B) in adapters.items()}
+
+
+def _grads(model: nn.Module, backward_inside: bool) -> dict[str, tuple[Tensor, Tensor]]:
+    """Gradients of the leaf A0, B0 under a cross-entropy loss on ids."""
+    leaves = _leaves(model)
+    # Non-leaf adapters, as a generator would emit: the graph must reach back to A0, B0.
+    adapters = {name: (A0 * 1.0, B0 * 1.0) for name, (A0, B0) in leaves.items()}
+    ids = random_ids(2, 7)
+    with inject(model, adapters, SPEC):
+        loss = model(input_ids=ids, labels=ids).loss
+        if backward_inside:
+            loss.backward()
+    if not backward_inside:
+        loss.backward()  # after exit: hooks are gone, the replay must bring them back
+    for p in model.parameters():
+        assert p.grad is None
+    grads = {name: (A0.grad, B0.grad) for name, (A0, B0) in leaves.items()}
+    assert all(gA is not None and gB is not None for gA, gB in grads.values())
+    return grads
+
+
+@pytest.mark.parametrize("backward_inside", [False, True])
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_checkpointing_gives_same_gradients(use_reentrant: bool, backward_inside: bool) -> None:
+    reference = _grads(_student(checkpointing=False), backward_inside=True)
+    model = _student(checkpointing=True, use_reentrant=use_reentrant)
+    layers = [m for m in model.modules() if m.__dict__.get("gradient_checkpointing")]
+    assert all(layer in layers for layer in model.model.layers)  # the decoder layers are checkpointed
+    originals = [m.__dict__["_gradient_checkpointing_func"] for m in layers]
+    checkpointed = _grads(model, backward_inside=backward_inside)
+    for name, (gA, gB) in reference.items():
+        assert gA.abs().max() > 0 and gB.abs().max() > 0
+        torch.testing.assert_close(checkpointed[name][0], gA, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(checkpointed[name][1], gB, atol=1e-6, rtol=1e-4)
+    assert all(m.__dict__["_gradient_checkpointing_func"] is f for m, f in zip(layers, originals))
+
+
+def test_replay_after_exit_leaves_no_hooks() -> None:
+    model = _student(checkpointing=True)
+    before = {name: tuple(m._forward_hooks) for name, m in model.named_modules()}
+    _grads(model, backward_inside=False)
+    assert {name: tuple(m._forward_hooks) for name, m in model.named_modules()} == before
