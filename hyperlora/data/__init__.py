@@ -1,0 +1,1 @@
+"""Datasets, formats and collators; the built-in instruction suite lives in ``tasks``."""

@@ -1,0 +1,73 @@
+"""Batches for distillation: the teacher's and the student's sequences with aligned response masks.
+
+Row i of a batch gives
+
+    teacher:  prefix(prompt_i, input_i) ⊕ response_i      (prompt in context)
+    student:  prefix(None, input_i)     ⊕ response_i      (prompt as weights)
+
+``*_loss_mask[i, t]`` is true where position t predicts a response token (the
+token at t+1). Both models hold the same response, so ``logits[loss_mask]``
+selects the same N positions in the same order from each: ``[N, V]`` each.
+Sequences are right-padded; the response ids are returned flat as ``labels [N]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hyperlora.data.format import prefix_ids, response_ids
+from hyperlora.data.records import Record
+
+__all__ = ["DistillCollator"]
+
+
+@dataclass
+class DistillCollator:
+    tokenizer: Any
+    max_length: int = 512
+
+    def _pad(self, rows: list[list[int]], masks: list[list[bool]]) -> tuple[Tensor, Tensor, Tensor]:
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        loss = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, (row, mask) in enumerate(zip(rows, masks)):
+            ids[i, : len(row)] = torch.tensor(row)
+            attention[i, : len(row)] = 1
+            loss[i, : len(mask)] = torch.tensor(mask)
+        return ids, attention, loss
+
+    def _sequence(self, prefix: list[int], response: list[int], where: str) -> tuple[list[int], list[bool]]:
+        ids = prefix + response
+        if len(ids) > self.max_length:
+            raise ValueError(
+                f"{where} is {len(ids)} tokens, over data.max_length={self.max_length}; raise the limit or shorten it."
+            )
+        # Position t predicts token t+1: the last prefix token predicts the first response token.
+        mask = [False] * (len(prefix) - 1) + [True] * len(response) + [False]
+        return ids, mask[: len(ids)]
+
+    def __call__(self, records: list[Record]) -> dict[str, Any]:
+        teacher_rows, teacher_masks, student_rows, student_masks, labels = [], [], [], [], []
+        for i, record in enumerate(records):
+            if record.output is None:
+                raise ValueError(f"Record {i} has no output: label the data with the teacher first (hyperlora.data.label).")
+            response = response_ids(self.tokenizer, record.output)
+            ids, mask = self._sequence(prefix_ids(self.tokenizer, record.prompt, record.input), response, f"teacher row {i}")
+            teacher_rows.append(ids), teacher_masks.append(mask)
+            ids, mask = self._sequence(prefix_ids(self.tokenizer, None, record.input), response, f"student row {i}")
+            student_rows.append(ids), student_masks.append(mask)
+            labels.extend(response)
+        t_ids, t_attn, t_loss = self._pad(teacher_rows, teacher_masks)
+        s_ids, s_attn, s_loss = self._pad(student_rows, student_masks)
+        return {
+            "prompts": [r.prompt for r in records],
+            "teacher_input_ids": t_ids, "teacher_attention_mask": t_attn, "teacher_loss_mask": t_loss,
+            "student_input_ids": s_ids, "student_attention_mask": s_attn, "student_loss_mask": s_loss,
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }

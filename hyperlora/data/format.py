@@ -1,0 +1,36 @@
+"""How a prompt, an input and a response become token ids, for the teacher and the student.
+
+The teacher reads ``prompt`` and ``input``; the student reads ``input`` alone (its
+prompt arrives as weights). Both continue with the same response ids, so the
+loss can compare the two models token for token. With a chat template the user
+turn holds ``prompt\\n\\ninput`` (or ``input``); without one, plain lines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["prefix_ids", "response_ids", "prefix_text"]
+
+
+def _user_text(prompt: str | None, text: str) -> str:
+    return f"{prompt}\n\n{text}" if prompt else text
+
+
+def prefix_text(tokenizer: Any, prompt: str | None, text: str) -> str:
+    """The text that precedes the response (ends where generation starts)."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": _user_text(prompt, text)}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _user_text(prompt, text) + "\n"
+
+
+def prefix_ids(tokenizer: Any, prompt: str | None, text: str) -> list[int]:
+    """Token ids of ``prefix_text`` (the template already holds any special tokens)."""
+    return list(tokenizer(prefix_text(tokenizer, prompt, text), add_special_tokens=False)["input_ids"])
+
+
+def response_ids(tokenizer: Any, response: str) -> list[int]:
+    """Token ids of the response, ended by EOS so models learn to stop."""
+    ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])

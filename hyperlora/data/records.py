@@ -1,0 +1,75 @@
+"""The JSONL dataset format: one object per line with ``prompt``, ``input`` and an optional ``output``.
+
+A line that is not valid JSON, or lacks a field, is reported with its file and
+line number. ``on_error="skip"`` warns and goes on with the good lines;
+``on_error="fail"`` stops before any training work is done.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["Record", "RecordError", "read_jsonl", "write_jsonl"]
+
+
+@dataclass(frozen=True)
+class Record:
+    prompt: str
+    input: str
+    output: str | None = None
+
+
+class RecordError(ValueError):
+    """A malformed line, named by file and line number."""
+
+
+def _parse(line: str, where: str) -> Record:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise RecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno}).") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{where}: expected a JSON object with 'prompt' and 'input', got {type(data).__name__}.")
+    for field in ("prompt", "input"):
+        if not isinstance(data.get(field), str):
+            raise RecordError(f"{where}: field '{field}' is missing or not a string.")
+    if not data["prompt"].strip():
+        raise RecordError(f"{where}: 'prompt' is empty; every example needs an instruction.")
+    output = data.get("output")
+    if output is not None and not isinstance(output, str):
+        raise RecordError(f"{where}: field 'output' must be a string when present.")
+    return Record(data["prompt"], data["input"], output)
+
+
+def read_jsonl(path: str | Path, on_error: str = "fail") -> list[Record]:
+    """All records of ``path``; malformed lines raise (``fail``) or are skipped with a warning (``skip``)."""
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error={on_error!r}; choose 'fail' or 'skip'.")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Dataset file {path} does not exist.")
+    records: list[Record] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(_parse(line, f"{path}:{number}"))
+            except RecordError as err:
+                if on_error == "fail":
+                    raise RecordError(f"{err} Fix the line, or set data.on_error=skip to leave it out.") from None
+                warnings.warn(f"skipped {err}", stacklevel=2)
+    if not records:
+        raise ValueError(f"{path} holds no usable records.")
+    return records
+
+
+def write_jsonl(records: list[Record], path: str | Path) -> None:
+    """Write records atomically (``output`` left out when ``None``)."""
+    from hyperlora.atomic import atomic_write_text
+
+    lines = [json.dumps({k: v for k, v in asdict(r).items() if v is not None}, ensure_ascii=False) for r in records]
+    atomic_write_text(path, "\n".join(lines) + "\n")

@@ -1,0 +1,94 @@
+"""Distillation losses between the teacher's and the student's next-token distributions.
+
+Inputs are the logits already gathered at the response positions, ``[N, V]`` in the
+models' own dtype. Each loss walks the N rows in chunks and upcasts one chunk at a
+time to fp32; with ``torch.utils.checkpoint`` around each chunk the fp32 copies are
+not kept for backward either, so at most ``chunk × V`` fp32 values are alive.
+All losses are means over the N response tokens; N = 0 gives an exact 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["LOSSES", "kl_loss", "cross_entropy_loss", "distillation_loss"]
+
+
+def _forward_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """Σ KL(p_teacher ‖ p_student) over the chunk's rows: mass-covering."""
+    log_s = F.log_softmax(student.float() / temperature, dim=-1)
+    log_t = F.log_softmax(teacher.float() / temperature, dim=-1)
+    return (log_t.exp() * (log_t - log_s)).sum()
+
+
+def _reverse_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """Σ KL(p_student ‖ p_teacher): mode-seeking."""
+    log_s = F.log_softmax(student.float() / temperature, dim=-1)
+    log_t = F.log_softmax(teacher.float() / temperature, dim=-1)
+    return (log_s.exp() * (log_s - log_t)).sum()
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {"forward_kl": _forward_kl, "reverse_kl": _reverse_kl}
+
+
+def _chunked_sum(fn: Callable[..., Tensor], tensors: tuple[Tensor, ...], chunk: int, *extra: object) -> Tensor:
+    total = tensors[0].new_zeros((), dtype=torch.float32)
+    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    for start in range(0, tensors[0].shape[0], chunk):
+        parts = tuple(t[start : start + chunk] for t in tensors)
+        if needs_graph:
+            total = total + checkpoint(fn, *parts, *extra, use_reentrant=False)
+        else:
+            total = total + fn(*parts, *extra)
+    return total
+
+
+def kl_loss(student: Tensor, teacher: Tensor, kind: str = "forward_kl", temperature: float = 1.0,
+            chunk: int = 1024) -> Tensor:
+    """Mean over tokens of the chosen KL, times ``temperature²`` (keeps gradient scale, Hinton et al.).
+
+    Args:
+        student: ``[N, V]`` student logits at the response positions.
+        teacher: ``[N, V]`` teacher logits at the same positions (no grad needed).
+    """
+    if kind not in LOSSES:
+        raise ValueError(f"Unknown distillation loss {kind!r}; choose one of {', '.join(LOSSES)}.")
+    if student.shape != teacher.shape:
+        raise ValueError(f"Student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ.")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    n = student.shape[0]
+    if n == 0:
+        return student.sum() * 0.0  # keeps the graph: an all-masked batch contributes exactly zero
+    total = _chunked_sum(LOSSES[kind], (student, teacher.detach()), chunk, temperature)
+    return total * (temperature**2) / n
+
+
+def _ce(student: Tensor, labels: Tensor) -> Tensor:
+    return F.cross_entropy(student.float(), labels, reduction="sum")
+
+
+def cross_entropy_loss(student: Tensor, labels: Tensor, chunk: int = 1024) -> Tensor:
+    """Mean cross-entropy of ``student [N, V]`` against ``labels [N]``, chunked like the KLs."""
+    if student.shape[0] == 0:
+        return student.sum() * 0.0
+    return _chunked_sum(_ce, (student, labels), chunk) / student.shape[0]
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, labels: Tensor | None = None, kind: str = "forward_kl",
+                      temperature: float = 1.0, ce_weight: float = 0.0, chunk: int = 1024) -> dict[str, Tensor]:
+    """``{"loss", "kl", "ce"}``: ``loss = kl + ce_weight · ce`` (ce only when weighted and labels given)."""
+    kl = kl_loss(student, teacher, kind, temperature, chunk)
+    out = {"kl": kl, "loss": kl}
+    if ce_weight > 0:
+        if labels is None:
+            raise ValueError("ce_weight > 0 needs labels.")
+        ce = cross_entropy_loss(student, labels, chunk)
+        out["ce"] = ce
+        out["loss"] = kl + ce_weight * ce
+    return out

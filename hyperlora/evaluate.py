@@ -1,0 +1,102 @@
+"""Greedy exact match for the three models we compare, and held-out KL.
+
+* student: no prompt in context, the generated adapter injected;
+* teacher: prompt in context, no adapter;
+* base: no prompt, no adapter (what the prompt is worth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hyperlora.data.collate import DistillCollator
+from hyperlora.data.format import prefix_ids
+from hyperlora.data.records import Record
+from hyperlora.distill import kl_loss
+
+__all__ = ["greedy_decode", "exact_match", "heldout_kl"]
+
+
+@torch.no_grad()
+def greedy_decode(model: nn.Module, tokenizer: Any, prefixes: Sequence[list[int]], max_new_tokens: int,
+                  context: Any = None) -> list[str]:
+    """Greedy continuations of token-id prefixes (left-padded into one batch), decoded to text.
+
+    ``context``: a context manager entered around ``generate`` (the injector, for the student).
+    """
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(map(len, prefixes))
+    ids = torch.full((len(prefixes), width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, prefix in enumerate(prefixes):  # left padding: generation continues from the last real token
+        ids[i, width - len(prefix) :] = torch.tensor(prefix, device=device)
+        mask[i, width - len(prefix) :] = 1
+    with context if context is not None else nullcontext():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+
+
+def _batches(records: Sequence[Record], size: int) -> list[Sequence[Record]]:
+    return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+@torch.no_grad()
+def exact_match(hyper: Any, teacher: nn.Module, records: Sequence[Record], batch_size: int = 32,
+                max_new_tokens: int = 48) -> dict[str, float]:
+    """Fraction of ``records`` whose greedy output equals ``record.output`` for student, teacher and base."""
+    tok, student = hyper.tokenizer, hyper.student
+    hits = {"student": 0, "teacher": 0, "base": 0}
+    for chunk in _batches(records, batch_size):
+        bare = [prefix_ids(tok, None, r.input) for r in chunk]
+        with_prompt = [prefix_ids(tok, r.prompt, r.input) for r in chunk]
+        adapters = hyper.adapters([r.prompt for r in chunk])
+        outputs = {
+            "student": greedy_decode(student, tok, bare, max_new_tokens, hyper.inject(adapters)),
+            "teacher": greedy_decode(teacher, tok, with_prompt, max_new_tokens),
+            "base": greedy_decode(student, tok, bare, max_new_tokens),
+        }
+        for name, texts in outputs.items():
+            hits[name] += sum(text == (r.output or "").strip() for text, r in zip(texts, chunk))
+    return {name: count / len(records) for name, count in hits.items()}
+
+
+@torch.no_grad()
+def heldout_kl(hyper: Any, teacher: nn.Module, records: Sequence[Record], collator: DistillCollator,
+               batch_size: int = 32, kind: str = "forward_kl") -> float:
+    """Token-weighted mean KL(teacher ‖ student) over ``records``."""
+    total, tokens = 0.0, 0
+    device = next(hyper.student.parameters()).device
+    for chunk in _batches(records, batch_size):
+        batch = collator(list(chunk))
+        student_sel, teacher_sel = response_logits(hyper, teacher, batch, device)
+        n = student_sel.shape[0]
+        total += kl_loss(student_sel, teacher_sel, kind).item() * n
+        tokens += n
+    return total / max(tokens, 1)
+
+
+def response_logits(hyper: Any, teacher: nn.Module, batch: dict[str, Any], device: torch.device,
+                    hypernet: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    """Student and teacher logits at the response positions, ``[N, V]`` each.
+
+    ``hypernet``: the module producing adapters (a DDP wrapper in multi-process
+    training); defaults to ``hyper.adapters``.
+    """
+    move = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
+    with torch.no_grad():
+        teacher_logits = teacher(input_ids=move["teacher_input_ids"], attention_mask=move["teacher_attention_mask"],
+                                 use_cache=False).logits
+        teacher_sel = teacher_logits[move["teacher_loss_mask"]]
+        del teacher_logits
+    adapters = hypernet(batch["prompts"]) if hypernet is not None else hyper.adapters(batch["prompts"])
+    with hyper.inject(adapters):
+        student_logits = hyper.student(input_ids=move["student_input_ids"],
+                                       attention_mask=move["student_attention_mask"], use_cache=False).logits
+    return student_logits[move["student_loss_mask"]], teacher_sel
