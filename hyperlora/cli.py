@@ -8,6 +8,7 @@ import sys
 # sub-command -> (module, one-line help). Modules are imported only when chosen,
 # so ``hyperlora --help`` stays instant and a job's heavy imports stay its own.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("hyperlora.quickstart", "the main job: CPU teacher -> train -> generate -> per-layer summary"),
     "train": ("hyperlora.train", "train a hypernetwork against a teacher (Hydra overrides: key=value ...)"),
     "demo": ("hyperlora.demo", "inject random per-row adapters into a tiny model and check them against a dense reference"),
 }

@@ -24,6 +24,10 @@ class HyperLoRAConfig:
     lora: LoRASpec = field(default_factory=LoRASpec)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    # The prompt-agnostic baseline: every prompt is replaced by one fixed text, so
+    # the hypernetwork learns a single LoRA for all tasks (the teacher still reads
+    # the real prompts).
+    prompt_agnostic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

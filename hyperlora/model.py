@@ -33,6 +33,7 @@ __all__ = ["HyperLoRA", "Hypernetwork", "CONFIG_NAME", "WEIGHTS_NAME"]
 CONFIG_NAME = "hyperlora_config.json"
 WEIGHTS_NAME = "hypernet.safetensors"
 FORMAT_VERSION = 1
+AGNOSTIC_PROMPT = "Do the task."
 
 
 class Hypernetwork(nn.Module):
@@ -94,6 +95,8 @@ class HyperLoRA(nn.Module):
         and cached by its text; training always recomputes.
         """
         prompts = check_prompts(prompts)
+        if self.config.prompt_agnostic:
+            prompts = [AGNOSTIC_PROMPT] * len(prompts)
         if self.training or torch.is_grad_enabled():
             return self.hypernet(prompts)
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))

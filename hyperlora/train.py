@@ -104,7 +104,7 @@ def run(cfg: Any) -> dict[str, Any]:
     trainer_cfg = TrainerConfig(**cfg["trainer"])  # validated before anything heavy is loaded
     hyper_cfg = HyperLoRAConfig.from_dict({
         "base_model": cfg["model"]["path"], "targets": cfg["targets"], "lora": cfg["lora"],
-        "encoder": cfg["encoder"], "generator": cfg["generator"],
+        "encoder": cfg["encoder"], "generator": cfg["generator"], "prompt_agnostic": cfg.get("prompt_agnostic", False),
     })
     rank, world, device = _distributed()
     out_dir = Path(trainer_cfg.out_dir)
@@ -124,8 +124,11 @@ def run(cfg: Any) -> dict[str, Any]:
         wandb = {k: v for k, v in cfg["logger"].items() if k != "kind"} if kind == "wandb" else None
         logger = MetricsLogger(out_dir / "metrics.jsonl" if kind != "none" else None, wandb=wandb, config=cfg)
     trainer = Trainer(hyper, train, trainer_cfg, evals, teacher, logger, cfg["data"]["max_length"], rank, world)
+    result: dict[str, Any] = {}
+    if cfg.get("eval_before") and rank == 0:
+        result["before"] = trainer.evaluate()  # the untrained student equals the base: the starting point
     history = trainer.fit()
-    result: dict[str, Any] = {"steps": trainer.step, "final_loss": history[-1]["loss"] if history else None}
+    result.update(steps=trainer.step, final_loss=history[-1]["loss"] if history else None)
     if rank == 0:
         result.update(trainer.evaluate())
         hyper.save_pretrained(out_dir / "hyperlora")
