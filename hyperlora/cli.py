@@ -14,6 +14,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _is_user_error(err: Exception) -> bool:
+    """Errors that describe bad input (ours are ValueError/FileNotFoundError/...; Hydra's and OmegaConf's too)."""
+    user = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError, KeyError)
+    return isinstance(err, user) or type(err).__module__.split(".")[0] in ("hydra", "omegaconf")
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
@@ -30,7 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hyperlora: unknown command {command!r}.\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except Exception as err:
+        if not _is_user_error(err):
+            raise  # a bug: keep the traceback
+        # Bad input is the user's to fix: one line that names it, no traceback.
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"hyperlora {command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -139,7 +139,8 @@ class StudentEmbeddingEncoder(PromptEncoder):
         ids, mask = self.tokenize(prompts, device)
         with torch.no_grad():
             tokens = self._embed.module(ids).to(self.query.dtype)  # [B, T, E], frozen
-        positions = torch.arange(ids.shape[1], device=device)
+        # Positions count real tokens only, so left or right padding gives the same context.
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
         h = self.proj_in(tokens) + self.position(positions)
         padding = mask == 0
         h = self.encoder(h, src_key_padding_mask=padding)  # [B, T, M]

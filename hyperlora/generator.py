@@ -117,12 +117,12 @@ class ShapeGroupedLoRAGenerator(nn.Module):
         targets = torch.cat([self.layer_emb(self._layer_ids), self.kind_emb(self._kind_ids)], dim=-1)  # [N, 2E]
         h = self.from_ctx(c).unsqueeze(1) + self.from_target(targets).unsqueeze(0)  # [B, N, H]
         h = self.trunk(h)
-        adapters: dict[str, tuple[Tensor, Tensor]] = {}
+        by_name: dict[str, tuple[Tensor, Tensor]] = {}
         for g, head in enumerate(self.heads):
             A, B = head(h.index_select(1, getattr(self, f"_rows_{g}")))  # [B, n, D, R], [B, n, R, O]
             for j, name in enumerate(self.group_names[g]):
-                adapters[name] = (A[:, j], B[:, j])
-        return adapters
+                by_name[name] = (A[:, j], B[:, j])
+        return {name: by_name[name] for name in self.names}  # the student's module order
 
     def parameter_report(self) -> dict[str, int]:
         """Trainable parameters of the trunk and of each group's head, keyed ``"D x O (n targets)"``."""
