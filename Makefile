@@ -26,7 +26,8 @@ demo: setup
 	$(BIN)/hyperlora demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	# One thread: the models are tiny, and two threads on two busy cores stall each other.
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python scripts/bench_injector.py

