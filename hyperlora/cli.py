@@ -5,12 +5,17 @@ from __future__ import annotations
 import importlib
 import sys
 
-# sub-command -> (module, one-line help). Modules are imported only when chosen,
+# sub-command -> ("module[:function]", one-line help); the function defaults to main.
+# Modules are imported only when chosen,
 # so ``hyperlora --help`` stays instant and a job's heavy imports stay its own.
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("hyperlora.quickstart", "the main job: CPU teacher -> train -> generate -> per-layer summary"),
     "train": ("hyperlora.train", "train a hypernetwork against a teacher (Hydra overrides: key=value ...)"),
     "demo": ("hyperlora.demo", "inject random per-row adapters into a tiny model and check them against a dense reference"),
+    "generate": ("hyperlora.generation", "generate with prompt-conditioned adapters (--prompt/--input or --batch FILE.jsonl)"),
+    "inspect": ("hyperlora.inspection", "per-layer adapter statistics, prompt similarity, --json/--csv/--plot DIR"),
+    "export": ("hyperlora.export:main", "write one prompt's adapter as a standard PEFT LoRA folder"),
+    "merge": ("hyperlora.export:merge_main", "write a full model folder with one prompt's adapter merged into the weights"),
 }
 
 
@@ -35,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"hyperlora: unknown command {command!r}.\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
+    module_name, _, function = COMMANDS[command][0].partition(":")
+    entry = getattr(importlib.import_module(module_name), function or "main")
     try:
-        return int(module.main(rest) or 0)
+        return int(entry(rest) or 0)
     except Exception as err:
         if not _is_user_error(err):
             raise  # a bug: keep the traceback

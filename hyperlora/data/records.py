@@ -12,7 +12,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Record", "RecordError", "read_jsonl", "write_jsonl"]
+__all__ = ["Record", "RecordError", "parse_record", "read_jsonl", "write_jsonl"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ class RecordError(ValueError):
     """A malformed line, named by file and line number."""
 
 
-def _parse(line: str, where: str) -> Record:
+def parse_record(line: str, where: str) -> Record:
+    """One JSONL line -> ``Record``; ``where`` (``FILE:LINE``) prefixes any error."""
     try:
         data = json.loads(line)
     except json.JSONDecodeError as err:
@@ -57,7 +58,7 @@ def read_jsonl(path: str | Path, on_error: str = "fail") -> list[Record]:
             if not line.strip():
                 continue
             try:
-                records.append(_parse(line, f"{path}:{number}"))
+                records.append(parse_record(line, f"{path}:{number}"))
             except RecordError as err:
                 if on_error == "fail":
                     raise RecordError(f"{err} Fix the line, or set data.on_error=skip to leave it out.") from None

@@ -1,0 +1,203 @@
+"""Generate with prompt-conditioned adapters: every row may carry its own prompt.
+
+    rows = generate_records(hyper, ["Reverse the words.", "Answer in French."], ["a b c", "hello"])
+    # [{"prompt": ..., "input": ..., "output": ...}, ...]
+
+The student sees only the input, formatted exactly as in training
+(``hyperlora.data.format.prefix_ids``); the prompt arrives as an adapter. Rows are
+left-padded into batches and each batch is one ``generate`` call, its rows'
+adapters computed in one hypernetwork forward. Greedy unless sampling is asked for.
+
+Axis letters: B batch, T tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hyperlora.atomic import atomic_write_text
+from hyperlora.data.format import prefix_ids
+from hyperlora.data.records import Record, RecordError
+from hyperlora.data.records import parse_record  # one line -> Record, the dataset's own rules
+from hyperlora.encoder import check_prompts
+from hyperlora.model import HyperLoRA
+
+__all__ = ["generate_records", "read_batch", "main"]
+
+
+def _left_padded(prefixes: Sequence[list[int]], pad: int, device: torch.device) -> dict[str, Tensor]:
+    """``input_ids`` and ``attention_mask``, both ``[B, T]``, padded on the left.
+
+    Left, because generation continues from each row's last real token.
+    """
+    width = max(map(len, prefixes))
+    ids = torch.full((len(prefixes), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, prefix in enumerate(prefixes):
+        ids[i, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
+        mask[i, width - len(prefix) :] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def _decode_new(tokenizer: Any, out: Tensor, width: int) -> list[str]:
+    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+
+
+@torch.no_grad()
+def _generate_batch(hyper: HyperLoRA, prompts: list[str], inputs: list[str], settings: dict[str, Any],
+                    compare: bool) -> list[dict[str, str]]:
+    tok, student = hyper.tokenizer, hyper.student
+    device = next(student.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    settings = {"pad_token_id": pad, "eos_token_id": tok.eos_token_id, **settings}
+    bare = _left_padded([prefix_ids(tok, None, x) for x in inputs], pad, device)
+    width = bare["input_ids"].shape[1]
+    # One hypernetwork forward for the batch's prompts, one generate with row i adapted to prompts[i].
+    outputs = _decode_new(tok, hyper.generate(prompts, bare, **settings), width)
+    rows = [{"prompt": p, "input": x, "output": o} for p, x, o in zip(prompts, inputs, outputs)]
+    if compare:
+        # The base model twice: with the prompt in its context (what the adapter imitates), and without.
+        in_context = _left_padded([prefix_ids(tok, p, x) for p, x in zip(prompts, inputs)], pad, device)
+        with_prompt = _decode_new(tok, student.generate(**in_context, **settings), in_context["input_ids"].shape[1])
+        without = _decode_new(tok, student.generate(**bare, **settings), width)
+        for row, a, b in zip(rows, with_prompt, without):
+            row["base_with_prompt"], row["base_without_prompt"] = a, b
+    return rows
+
+
+def generate_records(hyper: HyperLoRA, prompts: Sequence[str], inputs: Sequence[str], batch_size: int = 16,
+                     compare: bool = False, max_new_tokens: int = 64, **generation_kwargs: Any) -> list[dict[str, str]]:
+    """Generate one output per ``(prompts[i], inputs[i])`` row.
+
+    Args:
+        hyper: a HyperLoRA with a tokenizer (``HyperLoRA.from_pretrained(ckpt)``).
+        prompts, inputs: one of each per row; prompts may differ from row to row.
+        batch_size: rows per ``generate`` call.
+        compare: also generate with the base model, prompt in context
+            (``base_with_prompt``) and without it (``base_without_prompt``).
+        generation_kwargs: ``student.generate``'s names (``do_sample``,
+            ``temperature``, ``top_p``, ``top_k``, ``num_beams``, ...).
+
+    Returns:
+        ``[{"prompt", "input", "output"(, "base_with_prompt", "base_without_prompt")}]`` in row order.
+    """
+    prompts, inputs = check_prompts(prompts), list(inputs)
+    if len(prompts) != len(inputs):
+        raise ValueError(f"Got {len(prompts)} prompts for {len(inputs)} inputs: give one prompt per row.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if hyper.tokenizer is None:
+        raise ValueError("Generating text needs a tokenizer: load the HyperLoRA with tokenizer=.")
+    settings = {"max_new_tokens": max_new_tokens, "do_sample": False, **generation_kwargs}
+    rows: list[dict[str, str]] = []
+    for start in range(0, len(prompts), batch_size):
+        end = start + batch_size
+        rows += _generate_batch(hyper, prompts[start:end], inputs[start:end], settings, compare)
+    return rows
+
+
+def read_batch(path: str | Path) -> tuple[list[Record], list[str]]:
+    """The good records of a JSONL file and one ``"FILE:LINE: reason"`` per bad line.
+
+    Unlike training data, a bad line does not stop generation: the good lines
+    are still worth their output.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Batch file {path} does not exist.")
+    records, errors = [], []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(parse_record(line, f"{path}:{number}"))
+            except RecordError as err:
+                errors.append(str(err))
+    return records, errors
+
+
+# -- command line ------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    from hyperlora.loading import add_checkpoint_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="hyperlora generate",
+        description="Generate with the adapter of a prompt. Either --prompt and --input, or --batch FILE.jsonl "
+                    "whose rows carry their own 'prompt' and 'input'. Writes JSONL rows (prompt, input, output).",
+    )
+    add_checkpoint_arguments(parser)
+    parser.add_argument("--prompt", help="the prompt turned into an adapter")
+    parser.add_argument("--input", help="the text the student reads")
+    parser.add_argument("--batch", help="JSONL file, one {'prompt', 'input'} object per line")
+    parser.add_argument("--out", help="write JSONL here (atomically) instead of to stdout")
+    parser.add_argument("--batch-size", type=int, default=16, help="rows per generate call")
+    parser.add_argument("--compare", action="store_true",
+                        help="also the base model with the prompt in context and without it")
+    g = parser.add_argument_group("generation (transformers' names; greedy by default)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--min-new-tokens", type=int, help="hold back EOS until this many tokens")
+    g.add_argument("--do-sample", action="store_true")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--num-beams", type=int)
+    g.add_argument("--seed", type=int, help="seed the sampler for repeatable outputs")
+    return parser
+
+
+def _rows_to_run(args: argparse.Namespace) -> tuple[list[Record], list[str]]:
+    if args.batch is not None:
+        if args.prompt is not None or args.input is not None:
+            raise ValueError("Give either --batch or --prompt with --input, not both.")
+        return read_batch(args.batch)
+    if args.prompt is None or args.input is None:
+        raise ValueError("Give --prompt and --input (or --batch FILE.jsonl).")
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty: the adapter is made from it, give a non-empty prompt.")
+    return [Record(args.prompt, args.input)], []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit code 0, or 1 when some line of ``--batch`` was malformed (its good lines still ran)."""
+    from hyperlora.loading import load_from_args
+
+    args = _parser().parse_args(argv)
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        raise ValueError("--batch-size and --max-new-tokens must be positive.")
+    if args.out is not None and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a file name for the JSONL output.")
+    records, errors = _rows_to_run(args)
+    for error in errors:
+        print(error, file=sys.stderr)
+    if records:
+        hyper = load_from_args(args)
+        if args.seed is not None:
+            torch.manual_seed(args.seed)
+        optional = {"min_new_tokens": args.min_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+                    "top_k": args.top_k, "num_beams": args.num_beams}
+        settings = {k: v for k, v in optional.items() if v is not None}  # unset: the model's defaults
+        lines: list[str] = []
+        for start in range(0, len(records), args.batch_size):
+            chunk = records[start : start + args.batch_size]
+            rows = generate_records(hyper, [r.prompt for r in chunk], [r.input for r in chunk],
+                                    batch_size=args.batch_size, compare=args.compare,
+                                    max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, **settings)
+            batch_lines = [json.dumps(row, ensure_ascii=False) for row in rows]
+            if args.out is None:
+                print("\n".join(batch_lines), flush=True)  # stream: a long run shows its progress
+            lines += batch_lines
+        if args.out is not None:
+            atomic_write_text(args.out, "\n".join(lines) + "\n")
+    elif not errors:
+        raise ValueError(f"{args.batch} holds no rows.")
+    return 1 if errors else 0
