@@ -64,7 +64,10 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             the same number of rows ``B``. A forward with ``k·B`` rows (beams,
             ``num_return_sequences``) gets each adapter repeated ``k`` times
             row-major, as ``generate`` expands its inputs.
-        spec: gives the scaling and the dropout (dropout only in training mode).
+        spec: gives the scaling and the dropout.
+        training: whether LoRA dropout is on; ``None`` follows each hooked
+            module's own mode. A frozen student stays in eval mode (no base
+            dropout) while its adapters train, so the trainer passes ``True``.
 
     Raises:
         ValueError: an unknown target, a shape that does not fit its module,
@@ -72,9 +75,10 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             that is no multiple of the adapters' rows.
     """
 
-    def __init__(self, model: nn.Module, adapters: AdapterBatch, spec: LoRASpec) -> None:
+    def __init__(self, model: nn.Module, adapters: AdapterBatch, spec: LoRASpec, training: bool | None = None) -> None:
         self.model = model
         self.spec = spec
+        self.training = training
         self.adapters = dict(adapters)
         self.rows = _validate(model, self.adapters, spec)
         self._modules = {name: model.get_submodule(name) for name in self.adapters}
@@ -104,7 +108,7 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
             x = args[0]
             A, B = self._pair(name, x.shape[0])
-            if p > 0.0 and module.training:
+            if p > 0.0 and (module.training if self.training is None else self.training):
                 x = F.dropout(x, p=p, training=True)
             # Without a graph the output's storage is ours to add into.
             return lora_forward_delta(output, x, A, B, scaling, inplace=not torch.is_grad_enabled())

@@ -118,7 +118,13 @@ class HyperLoRA(nn.Module):
         # Weights change in training; cached adapters would go stale.
         self.clear_cache()
         super().train(mode)
-        self.student.eval()  # the frozen student never uses dropout
+        # The frozen student never uses its own dropout. But transformers only
+        # checkpoints a layer in training mode, so the checkpointed layers alone
+        # (not their dropout or attention children) follow ``mode``.
+        self.student.eval()
+        for module in self.student.modules():
+            if getattr(module, "gradient_checkpointing", False) is True:
+                module.training = mode
         return self
 
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
@@ -127,7 +133,7 @@ class HyperLoRA(nn.Module):
 
     def inject(self, adapters: AdapterBatch) -> inject:
         """``with hyper.inject(adapters): hyper.student(...)``."""
-        return inject(self.student, adapters, self.spec)
+        return inject(self.student, adapters, self.spec, training=self.training)
 
     # -- running the student -------------------------------------------------
     def forward(self, prompts: list[str], input_ids: Tensor, attention_mask: Tensor | None = None,
@@ -161,8 +167,8 @@ class HyperLoRA(nn.Module):
         if isinstance(inputs, (list, tuple)):
             if self.tokenizer is None:
                 raise ValueError("Text inputs need a tokenizer: pass tokenizer= to HyperLoRA, or token ids.")
-            self.tokenizer.padding_side = "left"  # generation continues from the last real token
-            inputs = self.tokenizer(list(inputs), return_tensors="pt", padding=True)
+            # Left padding: generation continues from each row's last real token.
+            inputs = self.tokenizer(list(inputs), return_tensors="pt", padding=True, padding_side="left")
         return {k: v.to(device) for k, v in dict(inputs).items() if k in ("input_ids", "attention_mask")}
 
     # -- bookkeeping ---------------------------------------------------------
