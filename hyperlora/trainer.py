@@ -17,7 +17,6 @@ import math
 import random
 import re
 import shutil
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from hyperlora.distill import LOSSES, distillation_loss
 from hyperlora.evaluate import exact_match, heldout_kl, response_logits
 from hyperlora.metrics import MetricsLogger
 from hyperlora.model import HyperLoRA
+from hyperlora.schedule import warmup_cosine
 
 __all__ = ["TrainerConfig", "Trainer", "warmup_cosine"]
 
@@ -58,6 +58,7 @@ class TrainerConfig:
     seed: int = 0
     eval_every: int = 50
     eval_examples: int = 64
+    eval_batch_size: int = 32
     max_new_tokens: int = 48
     save_every: int = 50
     keep_last: int = 2
@@ -77,18 +78,6 @@ class TrainerConfig:
             raise ValueError(f"trainer.loss={self.loss!r}; choose one of {', '.join(LOSSES)}.")
         if str(self.bf16).lower() not in ("auto", "true", "false"):
             raise ValueError(f"trainer.bf16={self.bf16!r}; choose auto, true or false.")
-
-
-def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up to 1, then cosine down to ``min_ratio`` at ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def _rng_state() -> dict[str, Any]:
@@ -181,10 +170,11 @@ class Trainer:
         self.hyper.eval()
         metrics: dict[str, float] = {}
         for split, records in self.eval_sets.items():
-            metrics[f"{split}/kl"] = heldout_kl(self.hyper, self.teacher, records, self.collator)
+            metrics[f"{split}/kl"] = heldout_kl(self.hyper, self.teacher, records, self.collator,
+                                                self.config.eval_batch_size)
             if with_exact_match:
-                for who, value in exact_match(self.hyper, self.teacher, records,
-                                              max_new_tokens=self.config.max_new_tokens).items():
+                for who, value in exact_match(self.hyper, self.teacher, records, self.config.eval_batch_size,
+                                              self.config.max_new_tokens).items():
                     metrics[f"{split}/em_{who}"] = value
         self.hyper.train()
         return metrics

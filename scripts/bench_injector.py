@@ -100,10 +100,8 @@ def run(size_name: str, rank: int, iters: int) -> dict[str, Any]:
     times["injected_forward"] = time_ms(injected_forward, **timed)
     merged = merged_model(model, targets, adapters, spec)
     times["merged_forward"] = time_ms(lambda: forward(merged), **timed)
-    del merged
     peft = peft_model(model, targets, adapters, spec)
     times["peft_single_adapter_forward"] = time_ms(lambda: forward(peft), **timed)
-    del peft
 
     # Forward+backward. The base baseline back-propagates to the input embeddings
     # (every layer's activation gradients, no weight gradients); the injected run

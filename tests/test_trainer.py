@@ -29,7 +29,8 @@ from hyperlora.metrics import MetricsLogger
 from hyperlora.model import HyperLoRA
 from hyperlora.tiny import tiny_config
 from hyperlora.tokenizer import char_tokenizer
-from hyperlora.trainer import STATE_NAME, Trainer, TrainerConfig, warmup_cosine
+from hyperlora.schedule import warmup_cosine
+from hyperlora.trainer import STATE_NAME, Trainer, TrainerConfig
 
 MAX_LENGTH = 256
 

@@ -69,7 +69,7 @@ def check_family(family: str, rows: int, spec: LoRASpec, seed: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hyperlora demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="hyperlora selfcheck", description=__doc__)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--rows", type=int, default=3)
     parser.add_argument("--rank", type=int, default=4)
