@@ -12,12 +12,19 @@ from pathlib import Path
 __all__ = ["atomic_write_text", "atomic_directory"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); the result is an ordinary file
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -42,6 +49,7 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> I
         raise FileExistsError(f"{target} exists and is not empty; pass --force (overwrite=True) to replace it.")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); the result is an ordinary folder
     try:
         yield tmp
     except BaseException:

@@ -25,8 +25,7 @@ from torch import Tensor
 
 from hyperlora.atomic import atomic_write_text
 from hyperlora.data.format import prefix_ids
-from hyperlora.data.records import Record, RecordError
-from hyperlora.data.records import parse_record  # one line -> Record, the dataset's own rules
+from hyperlora.data.records import Record, scan_jsonl  # the dataset's own rules, line by line
 from hyperlora.encoder import check_prompts
 from hyperlora.model import HyperLoRA
 
@@ -110,19 +109,7 @@ def read_batch(path: str | Path) -> tuple[list[Record], list[str]]:
     Unlike training data, a bad line does not stop generation: the good lines
     are still worth their output.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Batch file {path} does not exist.")
-    records, errors = [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(parse_record(line, f"{path}:{number}"))
-            except RecordError as err:
-                errors.append(str(err))
-    return records, errors
+    return scan_jsonl(path, what="Batch file")
 
 
 # -- command line ------------------------------------------------------------

@@ -290,7 +290,8 @@ def _train(model: torch.nn.Module, rows: list[tuple[list[int], int]], preset: Te
            pad_id: int, log: Callable[[str], None]) -> list[dict[str, float]]:
     """Run ``preset.steps`` AdamW steps; returns the logged ``{"step", "loss", "lr"}`` entries."""
     optimizer = _optimizer(model, preset, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(preset.warmup, preset.steps, preset.min_lr_ratio))
+    factor = warmup_cosine(preset.warmup, preset.steps, preset.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     lengths = [len(ids) for ids, _ in rows]
     batches = _batch_order(lengths, preset.batch_size, random.Random(preset.seed))
     # Pad every row once and keep the table on the device: a step is then two gathers, not

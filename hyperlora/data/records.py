@@ -12,7 +12,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Record", "RecordError", "parse_record", "read_jsonl", "write_jsonl"]
+__all__ = ["Record", "RecordError", "parse_record", "read_jsonl", "scan_jsonl", "write_jsonl"]
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,13 @@ def parse_record(line: str, where: str) -> Record:
     return Record(data["prompt"], data["input"], output)
 
 
-def read_jsonl(path: str | Path, on_error: str = "fail") -> list[Record]:
-    """All records of ``path``; malformed lines raise (``fail``) or are skipped with a warning (``skip``)."""
-    if on_error not in ("fail", "skip"):
-        raise ValueError(f"on_error={on_error!r}; choose 'fail' or 'skip'.")
+def scan_jsonl(path: str | Path, what: str = "Dataset file") -> tuple[list[Record], list[str]]:
+    """The good records of ``path`` and one ``"FILE:LINE: reason"`` per malformed line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Dataset file {path} does not exist.")
+        raise FileNotFoundError(f"{what} {path} does not exist.")
     records: list[Record] = []
+    errors: list[str] = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -60,9 +59,24 @@ def read_jsonl(path: str | Path, on_error: str = "fail") -> list[Record]:
             try:
                 records.append(parse_record(line, f"{path}:{number}"))
             except RecordError as err:
-                if on_error == "fail":
-                    raise RecordError(f"{err} Fix the line, or set data.on_error=skip to leave it out.") from None
-                warnings.warn(f"skipped {err}", stacklevel=2)
+                errors.append(str(err))
+    return records, errors
+
+
+def read_jsonl(path: str | Path, on_error: str = "fail") -> list[Record]:
+    """All records of ``path``; malformed lines raise (``fail``) or are skipped with a warning (``skip``).
+
+    The whole file is checked before anything is returned, so a bad line stops
+    a run before any training work is spent.
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error={on_error!r}; choose 'fail' or 'skip'.")
+    records, errors = scan_jsonl(path)
+    if errors and on_error == "fail":
+        more = f" (and {len(errors) - 1} more bad lines)" if len(errors) > 1 else ""
+        raise RecordError(f"{errors[0]}{more} Fix the line, or set data.on_error=skip to leave it out.")
+    for error in errors:
+        warnings.warn(f"skipped {error}", stacklevel=2)
     if not records:
         raise ValueError(f"{path} holds no usable records.")
     return records
