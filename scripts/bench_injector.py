@@ -91,13 +91,15 @@ def run(size_name: str, rank: int, iters: int) -> dict[str, Any]:
         with torch.no_grad():
             m(ids, use_cache=False)
 
-    def injected_forward() -> None:
-        with torch.no_grad(), inject(model, adapters, spec):
+    def injected_forward(share_shrink: bool = False) -> None:
+        with torch.no_grad(), inject(model, adapters, spec, share_shrink=share_shrink):
             model(ids, use_cache=False)
 
     times: dict[str, float] = {}
     times["base_forward"] = time_ms(lambda: forward(model), **timed)
     times["injected_forward"] = time_ms(injected_forward, **timed)
+    # q, k and v share one x·[A_q|A_k|A_v] (x read once, not three times): what it saves.
+    times["injected_forward_shared_shrink"] = time_ms(lambda: injected_forward(True), **timed)
     merged = merged_model(model, targets, adapters, spec)
     times["merged_forward"] = time_ms(lambda: forward(merged), **timed)
     peft = peft_model(model, targets, adapters, spec)
@@ -128,6 +130,7 @@ def run(size_name: str, rank: int, iters: int) -> dict[str, Any]:
 
     ratios = {
         "injected_forward": times["injected_forward"] / times["base_forward"],
+        "injected_forward_shared_shrink": times["injected_forward_shared_shrink"] / times["base_forward"],
         "merged_forward": times["merged_forward"] / times["base_forward"],
         "peft_single_adapter_forward": times["peft_single_adapter_forward"] / times["base_forward"],
         "injected_forward_backward": times["injected_forward_backward"] / times["base_forward_backward"],

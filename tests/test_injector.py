@@ -244,3 +244,45 @@ def test_batch_multiple_of_rows_repeats_each_adapter() -> None:
         small = _logits(model, ids)
         large = _logits(model, ids.repeat_interleave(2, dim=0))
     torch.testing.assert_close(large, small.repeat_interleave(2, dim=0), atol=ATOL, rtol=1e-4)
+
+
+def test_q_k_v_share_one_shrink_and_match_the_unshared_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """q, k and v read one tensor: one x·A per layer for them, one for o, same numbers as four separate ones."""
+    model = tiny_model("llama")
+    targets = find_targets(model)
+    adapters = make_adapters(targets, rows=2)
+    ids = random_ids(2, 7)
+    calls: list[tuple[int, ...]] = []
+    real_bmm = torch.bmm
+
+    def counting_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(b.shape))
+        return real_bmm(a, b)
+
+    with torch.no_grad():
+        with inject(model, adapters, SPEC):
+            separate = model(ids).logits
+        monkeypatch.setattr(torch, "bmm", counting_bmm)
+        with inject(model, adapters, SPEC, share_shrink=True):
+            shared = model(ids).logits
+    layers = model.config.num_hidden_layers
+    assert len(calls) == 2 * layers  # per layer: one shared shrink for q, k, v (and o's slot), one for o
+    assert calls[0] == (2, 32, 4 * SPEC.rank)  # [rows, D, (q|k|v|o) ranks]
+    torch.testing.assert_close(shared, separate, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_shrink_gives_the_same_gradients() -> None:
+    model = tiny_model("llama").requires_grad_(False)
+    targets = find_targets(model)
+    ids = random_ids(2, 7)
+    grads = []
+    for share in (False, True):
+        leaves = {n: (A.clone().requires_grad_(), B.clone().requires_grad_())
+                  for n, (A, B) in make_adapters(targets, rows=2).items()}
+        with inject(model, leaves, SPEC, share_shrink=share):
+            loss = model(ids).logits.square().mean()
+        loss.backward()
+        grads.append([g for A, B in leaves.values() for g in (A.grad, B.grad)])
+    assert all(g.abs().sum() > 0 for g in grads[1])
+    for separate, shared in zip(*grads):
+        torch.testing.assert_close(shared, separate, atol=1e-6, rtol=1e-5)
