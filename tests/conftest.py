@@ -6,14 +6,17 @@ Axis letters: B batch (rows), T tokens, D in-features, O out-features, R rank.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
 
 from hyperlora.lora import LoRASpec, delta_weight
 from hyperlora.targets import Target
-from hyperlora.tiny import VOCAB
+from hyperlora.tiny import VOCAB, tiny_model
+from hyperlora.tokenizer import char_tokenizer
 
 Adapters = dict[str, tuple[Tensor, Tensor]]
 
@@ -87,3 +90,23 @@ __all__ = [
     "random_ids",
     "select_rows",
 ]
+
+
+# One tiny llama and the char tokenizer per test module (modules may train or edit them).
+@pytest.fixture(scope="module")
+def student() -> nn.Module:
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def tok() -> PreTrainedTokenizerBase:
+    return char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny llama and the char tokenizer saved as a local Hugging Face folder."""
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tiny_model("llama").save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path

@@ -18,23 +18,12 @@ from hyperlora.generator import GeneratorConfig
 from hyperlora.lora import LoRASpec
 from hyperlora.model import HyperLoRA
 from hyperlora.tiny import tiny_config, tiny_model
-from hyperlora.tokenizer import char_tokenizer
 
 Adapters = dict[str, tuple[Tensor, Tensor]]
 PROMPTS = ["Reverse the words.", "Answer in French."]
 FILES = ["hyperlora_config.json", "hypernet.safetensors"]  # sorted, as listing() gives them
 # (D, O) by hand for the tiny llama: width 32, 4 query heads over 2 KV heads of size 8.
 LLAMA_SHAPES = {"q_proj": (32, 32), "k_proj": (32, 16), "v_proj": (32, 16), "o_proj": (32, 32)}
-
-
-@pytest.fixture(scope="module")
-def student() -> nn.Module:
-    return tiny_model("llama")
-
-
-@pytest.fixture(scope="module")
-def tok() -> PreTrainedTokenizerBase:
-    return char_tokenizer()
 
 
 def build(student: nn.Module, tok: PreTrainedTokenizerBase, backbone: str = "student_embeddings",

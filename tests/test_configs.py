@@ -122,14 +122,6 @@ def test_unknown_keys_raise():
 # -- end to end --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_llama")
-    tiny_model("llama").save_pretrained(path)
-    char_tokenizer().save_pretrained(path)
-    return path
-
-
 def test_missing_model_path_names_the_path(tmp_path):
     missing = tmp_path / "no_model_here"
     cfg = compose(["experiment=tiny_test", f"model.path={missing}", f"trainer.out_dir={tmp_path / 'out'}"])

@@ -154,14 +154,6 @@ def test_ddp_equals_a_single_process_on_the_same_global_batches(ddp_run, tmp_pat
 # -- the real entry point under torchrun ----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_llama")
-    tiny_model("llama").save_pretrained(path)
-    char_tokenizer().save_pretrained(path)
-    return path
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

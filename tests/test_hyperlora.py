@@ -19,24 +19,12 @@ from hyperlora.encoder import EncoderConfig
 from hyperlora.generator import GeneratorConfig
 from hyperlora.lora import LoRASpec, delta_weight
 from hyperlora.model import HyperLoRA
-from hyperlora.tiny import tiny_model
-from hyperlora.tokenizer import char_tokenizer
 
 Adapters = dict[str, tuple[Tensor, Tensor]]
 SPEC = LoRASpec(rank=4, alpha=8.0)
 PROMPTS = ["Reverse the words.", "Answer in French."]
 # Same length: rows need no padding in the encoder, so these isolate the injection.
 SAME_LENGTH = ["Be terse.", "Be kind!!"]
-
-
-@pytest.fixture(scope="module")
-def student() -> nn.Module:
-    return tiny_model("llama")
-
-
-@pytest.fixture(scope="module")
-def tok() -> PreTrainedTokenizerBase:
-    return char_tokenizer()
 
 
 def build(student: nn.Module, tok: PreTrainedTokenizerBase, backbone: str = "student_embeddings") -> HyperLoRA:
