@@ -19,7 +19,26 @@ from hyperlora.data.format import prefix_ids
 from hyperlora.data.records import Record
 from hyperlora.distill import kl_loss
 
-__all__ = ["greedy_decode", "exact_match", "heldout_kl"]
+__all__ = ["decode_new", "exact_match", "greedy_decode", "heldout_kl", "left_padded", "response_logits"]
+
+
+def left_padded(prefixes: Sequence[list[int]], pad: int, device: torch.device) -> dict[str, Tensor]:
+    """``input_ids`` and ``attention_mask``, both ``[B, T]``, padded on the left.
+
+    Left, because generation continues from each row's last real token.
+    """
+    width = max(map(len, prefixes))
+    ids = torch.full((len(prefixes), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, prefix in enumerate(prefixes):
+        ids[i, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
+        mask[i, width - len(prefix) :] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def decode_new(tokenizer: Any, out: Tensor, width: int) -> list[str]:
+    """The text each row of ``out [B, width + new]`` generated after its ``width`` prefix tokens."""
+    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
 
 
 @torch.no_grad()
@@ -29,18 +48,12 @@ def greedy_decode(model: nn.Module, tokenizer: Any, prefixes: Sequence[list[int]
 
     ``context``: a context manager entered around ``generate`` (the injector, for the student).
     """
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(map(len, prefixes))
-    ids = torch.full((len(prefixes), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for i, prefix in enumerate(prefixes):  # left padding: generation continues from the last real token
-        ids[i, width - len(prefix) :] = torch.tensor(prefix, device=device)
-        mask[i, width - len(prefix) :] = 1
+    batch = left_padded(prefixes, pad, next(model.parameters()).device)
     with context if context is not None else nullcontext():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+    return decode_new(tokenizer, out, batch["input_ids"].shape[1])
 
 
 def _batches(records: Sequence[Record], size: int) -> list[Sequence[Record]]:

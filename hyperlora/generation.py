@@ -21,33 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from hyperlora.atomic import atomic_write_text
 from hyperlora.data.format import prefix_ids
 from hyperlora.data.records import Record, scan_jsonl  # the dataset's own rules, line by line
 from hyperlora.encoder import check_prompts
+from hyperlora.evaluate import decode_new, left_padded
 from hyperlora.model import HyperLoRA
 
 __all__ = ["generate_records", "read_batch", "main"]
-
-
-def _left_padded(prefixes: Sequence[list[int]], pad: int, device: torch.device) -> dict[str, Tensor]:
-    """``input_ids`` and ``attention_mask``, both ``[B, T]``, padded on the left.
-
-    Left, because generation continues from each row's last real token.
-    """
-    width = max(map(len, prefixes))
-    ids = torch.full((len(prefixes), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, prefix in enumerate(prefixes):
-        ids[i, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
-        mask[i, width - len(prefix) :] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-
-
-def _decode_new(tokenizer: Any, out: Tensor, width: int) -> list[str]:
-    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
 
 
 @torch.no_grad()
@@ -57,16 +39,16 @@ def _generate_batch(hyper: HyperLoRA, prompts: list[str], inputs: list[str], set
     device = next(student.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     settings = {"pad_token_id": pad, "eos_token_id": tok.eos_token_id, **settings}
-    bare = _left_padded([prefix_ids(tok, None, x) for x in inputs], pad, device)
+    bare = left_padded([prefix_ids(tok, None, x) for x in inputs], pad, device)
     width = bare["input_ids"].shape[1]
     # One hypernetwork forward for the batch's prompts, one generate with row i adapted to prompts[i].
-    outputs = _decode_new(tok, hyper.generate(prompts, bare, **settings), width)
+    outputs = decode_new(tok, hyper.generate(prompts, bare, **settings), width)
     rows = [{"prompt": p, "input": x, "output": o} for p, x, o in zip(prompts, inputs, outputs)]
     if compare:
         # The base model twice: with the prompt in its context (what the adapter imitates), and without.
-        in_context = _left_padded([prefix_ids(tok, p, x) for p, x in zip(prompts, inputs)], pad, device)
-        with_prompt = _decode_new(tok, student.generate(**in_context, **settings), in_context["input_ids"].shape[1])
-        without = _decode_new(tok, student.generate(**bare, **settings), width)
+        in_context = left_padded([prefix_ids(tok, p, x) for p, x in zip(prompts, inputs)], pad, device)
+        with_prompt = decode_new(tok, student.generate(**in_context, **settings), in_context["input_ids"].shape[1])
+        without = decode_new(tok, student.generate(**bare, **settings), width)
         for row, a, b in zip(rows, with_prompt, without):
             row["base_with_prompt"], row["base_without_prompt"] = a, b
     return rows
