@@ -32,7 +32,7 @@ test: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python scripts/bench_injector.py
+	$(BIN)/hyperlora bench --out bench.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

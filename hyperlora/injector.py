@@ -91,7 +91,7 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         share_shrink: projections of one block that read the same tensor (q, k,
             v) share one ``x·[A_q | A_k | A_v]``, so x is read once, not three
             times. Exact (tested), but off by default until the GPU benchmark
-            (``scripts/bench_injector.py`` times both) shows it pays.
+            (``hyperlora bench`` times both) shows it pays.
 
     Raises:
         ValueError: an unknown target, a shape that does not fit its module,

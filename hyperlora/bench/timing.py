@@ -1,22 +1,20 @@
-"""Timing helpers for the benchmarks: every figure is a ratio to a baseline timed in the same process."""
+"""Timing and memory helpers: every figure is a ratio to a baseline timed in the same process."""
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from hyperlora.atomic import atomic_write_text
-
-__all__ = ["device_name", "time_ms", "peak_memory_mib", "reset_peak_memory", "report"]
+__all__ = ["device_name", "figures", "peak_memory_mib", "reset_peak_memory", "sync", "time_ms"]
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work (a no-op on CPU), so a wall-clock reading covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -30,13 +28,13 @@ def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 3, iters:
     """
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(iters):
             fn()
-        _sync(device)
+        sync(device)
         samples.append((time.perf_counter() - start) * 1000.0 / iters)
     return statistics.median(samples)
 
@@ -50,7 +48,7 @@ def peak_memory_mib(device: torch.device) -> float | None:
     """Peak allocated memory since the last reset (CUDA only; ``None`` on CPU)."""
     if device.type != "cuda":
         return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
 def device_name(device: torch.device) -> str:
@@ -59,9 +57,18 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def report(payload: dict[str, Any], path: str | None = None) -> None:
-    """Print ``payload`` as JSON and optionally write it to ``path``."""
-    text = json.dumps(payload, indent=2)
-    print(text)
-    if path:
-        atomic_write_text(path, text + "\n")
+def figures(times: Mapping[str, float], baselines: Mapping[str, str]) -> dict[str, Any]:
+    """``{"times_ms", "ratios", "baselines"}`` of a section.
+
+    ``baselines`` maps each timed name to the name of the baseline it is divided
+    by; the ratio is computed from the rounded times as stored, so a reader can
+    recompute every ratio from the report.
+    """
+    stored = {name: round(ms, 4) for name, ms in times.items()}
+    for name, base in baselines.items():
+        if name not in stored or base not in stored:
+            raise RuntimeError(f"ratio {name!r} / {base!r}: both must be timed")
+        if not stored[base] > 0:
+            raise ValueError(f"baseline {base!r} took {stored[base]} ms: too short to divide by; raise --iters or --size")
+    ratios = {name: round(stored[name] / stored[base], 4) for name, base in baselines.items()}
+    return {"times_ms": stored, "ratios": ratios, "baselines": dict(baselines)}

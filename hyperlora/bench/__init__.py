@@ -1,0 +1,7 @@
+"""Performance benchmarks, each a ratio to a baseline timed in the same process.
+
+``hyperlora bench`` (``hyperlora.bench.main``) runs the sections and writes one
+JSON report. One file per concept: ``timing`` (clocks, memory, ratios),
+``common`` (sizes, the random student, adapters, PEFT and merged references),
+and the sections ``injector``, ``generator``, ``decode``, ``train_step``.
+"""

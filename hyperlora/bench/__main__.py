@@ -1,0 +1,5 @@
+"""``python -m hyperlora.bench`` = ``hyperlora bench``."""
+
+from hyperlora.bench.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Per-token decode latency of ``generate`` with a KV cache: base, per-row injected, PEFT, merged.
+
+Greedy decoding of ``[decode_batch, decode_prompt]`` random prompt ids for
+exactly ``decode_new`` = N tokens (``min_new_tokens = max_new_tokens``: no row
+stops early). Prefill is removed by difference::
+
+    per-token ms = (t(N new tokens) - t(1 new token)) / (N - 1)
+
+``generate`` with one new token runs the prefill and picks one token; with N it
+runs the same prefill and N - 1 decode steps, so the difference is N - 1 decode
+steps (each one forward on ``[B, 1]`` with the cache plus generate's own per-step
+work). Anything paid once per call (entering the injector, copying the model
+inputs) cancels too. Variants, each a ratio to ``base``:
+
+* ``injected_per_row``: a different adapter for every row, via ``hyperlora.injector.inject``;
+* ``peft_single_adapter``: PEFT LoRA with row 0's adapter for every row;
+* ``merged``: row 0's ΔW merged into the weights.
+
+Correctness, checked here on the same prompts: row 0 of the injected run must
+generate the tokens the merged model generates for row 0 (greedy). In fp32 they
+are equal; in bf16 the two roundings differ, so the fraction of equal tokens is
+reported beside the boolean. ``row0_differs_from_base`` shows the adapter is
+strong enough to change the tokens, i.e. the check has teeth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hyperlora.bench.common import BenchContext, merged_model, peft_model, random_adapters
+from hyperlora.bench.timing import figures, time_ms
+from hyperlora.injector import inject
+from hyperlora.targets import find_targets
+
+__all__ = ["METHOD", "run"]
+
+METHOD = "per-token = (t(prompt + N new) - t(prompt + 1 new)) / (N - 1), medians of whole generate calls"
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    size, spec, device, dtype = ctx.size, ctx.spec, ctx.device, ctx.dtype
+    rows, prompt, new = size.decode_batch, size.decode_prompt, size.decode_new
+    if new < 2:
+        raise ValueError(f"decode needs at least 2 new tokens to remove the prefill, got {new}.")
+    model = ctx.model()
+    targets = find_targets(model)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, size.vocab, (rows, prompt), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    adapters = random_adapters(targets, rows, spec.rank, dtype, device)
+    merged = merged_model(model, targets, adapters, spec)
+    peft = peft_model(model, targets, adapters, spec)
+
+    variants: dict[str, tuple[nn.Module, Callable[[], AbstractContextManager[Any]]]] = {
+        "base": (model, nullcontext),
+        "injected_per_row": (model, lambda: inject(model, adapters, spec)),
+        "peft_single_adapter": (peft, nullcontext),
+        "merged": (merged, nullcontext),
+    }
+
+    def generate(name: str, new_tokens: int) -> Tensor:
+        """The generated ids ``[B, prompt + new_tokens]``."""
+        m, context = variants[name]
+        with torch.no_grad(), context():
+            out = m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        if out.shape != (rows, prompt + new_tokens):
+            raise RuntimeError(f"{name}: generate returned {tuple(out.shape)}, expected {(rows, prompt + new_tokens)}")
+        return out
+
+    # Whole generate calls are slow: one per repeat, a few repeats.
+    timing = {"device": device, "warmup": 1, "iters": 1, "repeats": max(3, min(ctx.iters, 7))}
+    per_token: dict[str, float] = {}
+    generate_ms: dict[str, dict[str, float]] = {}
+    for name in variants:
+        one = time_ms(lambda: generate(name, 1), **timing)
+        full = time_ms(lambda: generate(name, new), **timing)
+        generate_ms[name] = {"new_tokens_1": round(one, 4), f"new_tokens_{new}": round(full, 4)}
+        per_token[name] = (full - one) / (new - 1)
+
+    out = {name: generate(name, new)[:, prompt:] for name in ("base", "injected_per_row", "merged")}
+    equal = out["injected_per_row"][0] == out["merged"][0]
+    check = {
+        "row0_injected_equals_merged": bool(equal.all()),
+        "row0_match_fraction": round(float(equal.float().mean()), 4),
+        "row0_differs_from_base": not torch.equal(out["base"][0], out["merged"][0]),
+    }
+    return {
+        "method": METHOD,
+        "shape": {"batch": rows, "prompt_tokens": prompt, "new_tokens": new, "rank": spec.rank,
+                  "targets": len(targets), "adapter_per_row": True},
+        **figures(per_token, {name: "base" for name in variants if name != "base"}),
+        "generate_ms": generate_ms,
+        "check": check,
+    }

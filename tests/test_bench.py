@@ -1,0 +1,125 @@
+"""``hyperlora bench`` on the tiny size: the report's structure and arithmetic, the decode check, the CLI.
+
+Timings on a tiny model mean nothing; what is tested is what could be wrong in
+any run: a missing section, a ratio that is not its time over its baseline's, a
+decode check that fails, ``--only`` ignored, a half-written report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from hyperlora import cli
+from hyperlora.bench import main as bench_main
+from hyperlora.bench.common import SIZES
+
+ALL = ["injector", "generator", "decode", "train_step"]
+
+
+def _bench(tmp_path: Path, *args: str, name: str = "bench.json") -> dict:
+    out = tmp_path / name
+    assert cli.main(["bench", "--size", "tiny", "--iters", "1", "--out", str(out), *args]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _bench(tmp_path_factory.mktemp("bench"))
+
+
+def test_every_section_with_ratios_from_its_own_times(report: dict) -> None:
+    assert list(report["sections"]) == ALL
+    assert report["size"] == "tiny" and report["shape"] == SIZES["tiny"].to_dict()
+    assert report["dtype"] == "float32" and report["torch"] and report["device"].startswith("cpu")
+    for name, section in report["sections"].items():
+        times, ratios, baselines = section["times_ms"], section["ratios"], section["baselines"]
+        assert ratios and set(ratios) == set(baselines), name
+        for key, value in ratios.items():
+            base = baselines[key]
+            assert base in times and key in times and base != key, (name, key)
+            assert math.isfinite(value) and value > 0, (name, key, value)
+            assert value == pytest.approx(times[key] / times[base], rel=1e-3, abs=1e-4), (name, key)
+        assert all(math.isfinite(ms) and ms > 0 for ms in times.values()), (name, times)
+
+
+def test_sections_time_what_they_promise(report: dict) -> None:
+    s = report["sections"]
+    assert set(s["injector"]["ratios"]) == {"injected_forward", "injected_forward_shared_shrink", "merged_forward",
+                                            "peft_single_adapter_forward", "injected_forward_backward"}
+    assert s["injector"]["baselines"]["injected_forward_backward"] == "base_forward_backward"
+    assert set(s["generator"]["ratios"]) == {"adapters_1_prompts", "adapters_8_prompts", "adapters_64_prompts"}
+    assert set(s["decode"]["ratios"]) == {"injected_per_row", "peft_single_adapter", "merged"}
+    assert set(s["decode"]["baselines"].values()) == {"base"}
+    assert s["train_step"]["baselines"] == {"hyperlora_step": "peft_lora_step"}
+    # Peak memory is a CUDA figure: null on CPU, never a made-up zero.
+    assert set(s["train_step"]["peak_memory_mib"].values()) == {None}
+    tiny = SIZES["tiny"]
+    assert s["train_step"]["shape"]["student_tokens"] == tiny.train_tokens
+    assert s["train_step"]["shape"]["teacher_tokens"] == tiny.train_tokens + tiny.train_prompt
+
+
+def test_decode_removes_prefill_and_checks_tokens(report: dict) -> None:
+    decode = report["sections"]["decode"]
+    new = SIZES["tiny"].decode_new
+    for name, per_token in decode["times_ms"].items():
+        calls = decode["generate_ms"][name]
+        assert per_token == pytest.approx((calls[f"new_tokens_{new}"] - calls["new_tokens_1"]) / (new - 1), rel=1e-3)
+    # fp32 on CPU: the injected row 0 generates exactly the merged model's tokens, and the adapter matters.
+    assert decode["check"] == {"row0_injected_equals_merged": True, "row0_match_fraction": 1.0,
+                               "row0_differs_from_base": True}
+
+
+def test_only_restricts_sections(tmp_path: Path) -> None:
+    report = _bench(tmp_path, "--only", "decode, injector")
+    assert list(report["sections"]) == ["injector", "decode"]
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no temporary left beside it
+
+
+def test_bad_only_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "never.json"
+    assert cli.main(["bench", "--size", "tiny", "--only", "injector,decoder", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'decoder'" in err and all(name in err for name in ALL) and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_report_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "bench.json"
+    out.write_text("old report\n")
+    argv = ["--size", "tiny", "--iters", "1", "--only", "injector,decode", "--out", str(out)]
+
+    def broken(ctx: object) -> dict:
+        raise RuntimeError("section failed")
+
+    monkeypatch.setitem(sys.modules, "fine_section", types.SimpleNamespace(run=lambda ctx: {"x": 1}))
+    monkeypatch.setitem(sys.modules, "broken_section", types.SimpleNamespace(run=broken))
+    monkeypatch.setitem(bench_main.SECTIONS, "injector", "fine_section")
+    monkeypatch.setitem(bench_main.SECTIONS, "decode", "broken_section")
+    # A section fails after another one ran: nothing is written.
+    with pytest.raises(RuntimeError, match="section failed"):
+        bench_main.main(argv)
+    assert out.read_text() == "old report\n"
+
+    # The write itself fails (the disk, say): the old report stays whole and no temporary is left.
+    monkeypatch.setitem(bench_main.SECTIONS, "decode", "fine_section")
+
+    def full_disk(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("hyperlora.atomic.os.fsync", full_disk)
+    with pytest.raises(OSError, match="disk full"):
+        bench_main.main(argv)
+    assert out.read_text() == "old report\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
+
+
+def test_bench_is_a_cli_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "bench" in cli.COMMANDS
+    assert cli.main(["--help"]) == 0
+    assert "bench" in capsys.readouterr().out
