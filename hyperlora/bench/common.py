@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from hyperlora.lora import LoRASpec, delta_weight
 from hyperlora.targets import Target
 
-__all__ = ["SIZES", "BenchSize", "BenchContext", "build_model", "random_adapters", "wrap_lora",
-           "peft_model", "merged_model"]
+__all__ = ["SIZES", "BenchContext", "BenchSize", "build_model", "merged_model", "peft_model", "random_adapters",
+           "wrap_lora"]
 
 Adapters = dict[str, tuple[Tensor, Tensor]]
 
@@ -49,10 +49,12 @@ class BenchSize:
 SIZES: dict[str, BenchSize] = {
     # One H100: width 2048, 16 layers, GQA 16/8, MLP 8192 (about 1.1 B parameters).
     "full": BenchSize(hidden=2048, layers=16, heads=16, kv_heads=8, mlp=8192, vocab=32000, batch=8, tokens=512,
-                      decode_batch=16, decode_prompt=128, decode_new=64, train_batch=8, train_tokens=512, train_prompt=64),
+                      decode_batch=16, decode_prompt=128, decode_new=64,
+                      train_batch=8, train_tokens=512, train_prompt=64),
     # A CPU: seconds per section on two cores.
     "small": BenchSize(hidden=256, layers=4, heads=4, kv_heads=2, mlp=1024, vocab=4000, batch=4, tokens=128,
-                       decode_batch=8, decode_prompt=32, decode_new=16, train_batch=4, train_tokens=128, train_prompt=32),
+                       decode_batch=8, decode_prompt=32, decode_new=16,
+                       train_batch=4, train_tokens=128, train_prompt=32),
     # The tests: every code path, no meaningful timing. The vocabulary holds the char tokenizer's 93 ids.
     "tiny": BenchSize(hidden=32, layers=2, heads=4, kv_heads=2, mlp=64, vocab=128, batch=2, tokens=16,
                       decode_batch=4, decode_prompt=8, decode_new=6, train_batch=2, train_tokens=32, train_prompt=16),

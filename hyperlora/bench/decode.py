@@ -78,8 +78,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     per_token: dict[str, float] = {}
     generate_ms: dict[str, dict[str, float]] = {}
     for name in variants:
-        one = time_ms(lambda: generate(name, 1), **timing)
-        full = time_ms(lambda: generate(name, new), **timing)
+        one = time_ms(lambda name=name: generate(name, 1), **timing)
+        full = time_ms(lambda name=name: generate(name, new), **timing)
         generate_ms[name] = {"new_tokens_1": round(one, 4), f"new_tokens_{new}": round(full, 4)}
         per_token[name] = (full - one) / (new - 1)
 

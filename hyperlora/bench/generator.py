@@ -24,7 +24,8 @@ from hyperlora.tokenizer import char_tokenizer
 __all__ = ["PROMPT_COUNTS", "prompts", "run"]
 
 PROMPT_COUNTS = (1, 8, 64)
-WORDS = "reverse sort the words shift every letter by two keep first three upper case alternate count vowels".split()
+WORDS = ["reverse", "sort", "the", "words", "shift", "every", "letter", "by", "two", "keep", "first", "three",
+         "upper", "case", "alternate", "count", "vowels"]
 
 
 def prompts(n: int, seed: int = 0) -> list[str]:
@@ -51,7 +52,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     for n in PROMPT_COUNTS:
         batch = prompts(n)
 
-        def generate() -> None:
+        def generate(batch: list[str] = batch) -> None:
             with torch.no_grad(), autocast:
                 hyper.hypernet(batch)
 

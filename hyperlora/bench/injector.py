@@ -13,6 +13,7 @@ different adapter for every row. Ratios:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,24 +34,24 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     ids = torch.randint(3, size.vocab, (size.batch, size.tokens), generator=gen).to(device)
     adapters = random_adapters(targets, size.batch, spec.rank, dtype, device)
 
-    def forward(m: torch.nn.Module) -> None:
-        with torch.no_grad():
-            m(ids, use_cache=False)
+    def forward_of(m: torch.nn.Module) -> Callable[[], None]:
+        def forward() -> None:
+            with torch.no_grad():
+                m(ids, use_cache=False)
+
+        return forward
 
     def injected_forward(share_shrink: bool = False) -> None:
         with torch.no_grad(), inject(model, adapters, spec, share_shrink=share_shrink):
             model(ids, use_cache=False)
 
     times: dict[str, float] = {}
-    times["base_forward"] = time_ms(lambda: forward(model), **ctx.timing)
+    times["base_forward"] = time_ms(forward_of(model), **ctx.timing)
     times["injected_forward"] = time_ms(injected_forward, **ctx.timing)
     times["injected_forward_shared_shrink"] = time_ms(lambda: injected_forward(True), **ctx.timing)
-    merged = merged_model(model, targets, adapters, spec)
-    times["merged_forward"] = time_ms(lambda: forward(merged), **ctx.timing)
-    del merged
-    peft = peft_model(model, targets, adapters, spec)
-    times["peft_single_adapter_forward"] = time_ms(lambda: forward(peft), **ctx.timing)
-    del peft
+    # Each copy lives only while it is timed.
+    times["merged_forward"] = time_ms(forward_of(merged_model(model, targets, adapters, spec)), **ctx.timing)
+    times["peft_single_adapter_forward"] = time_ms(forward_of(peft_model(model, targets, adapters, spec)), **ctx.timing)
 
     embeds = model.get_input_embeddings()(ids).detach()
     trainable = random_adapters(targets, size.batch, spec.rank, dtype, device, requires_grad=True)

@@ -69,6 +69,6 @@ def figures(times: Mapping[str, float], baselines: Mapping[str, str]) -> dict[st
         if name not in stored or base not in stored:
             raise RuntimeError(f"ratio {name!r} / {base!r}: both must be timed")
         if not stored[base] > 0:
-            raise ValueError(f"baseline {base!r} took {stored[base]} ms: too short to divide by; raise --iters or --size")
+            raise ValueError(f"baseline {base!r} took {stored[base]} ms: too short to divide by; use a larger --size")
     ratios = {name: round(stored[name] / stored[base], 4) for name, base in baselines.items()}
     return {"times_ms": stored, "ratios": ratios, "baselines": dict(baselines)}

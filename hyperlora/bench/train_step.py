@@ -42,7 +42,7 @@ from hyperlora.targets import find_targets
 from hyperlora.tokenizer import char_tokenizer
 from hyperlora.trainer import Trainer, TrainerConfig
 
-__all__ = ["synthetic_records", "run"]
+__all__ = ["run", "synthetic_records"]
 
 # A batch is drawn from this many batches' worth of records (steps see different rows).
 BATCHES = 4
@@ -72,30 +72,39 @@ def synthetic_records(n: int, size: BenchSize, seed: int = 0) -> list[Record]:
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    size, spec, device = ctx.size, ctx.spec, ctx.device
-    student = ctx.model()
+    size = ctx.size
     tokenizer = char_tokenizer(model_max_length=size.train_tokens + size.train_prompt + 16)
     records = synthetic_records(BATCHES * size.train_batch, size)
-    collator = DistillCollator(tokenizer, max_length=tokenizer.model_max_length)
-    first = collator(records[: size.train_batch])
-    student_len, teacher_len = first["student_input_ids"].shape[1], first["teacher_input_ids"].shape[1]
-    timing = {"device": device, "warmup": min(3, ctx.iters), "iters": ctx.iters, "repeats": 3}
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    times: dict[str, float] = {}
-    memory: dict[str, float | None] = {}
-    trainable: dict[str, int] = {}
+    first = DistillCollator(tokenizer, tokenizer.model_max_length)(records[: size.train_batch])
+    results = {"peft_lora_step": _peft_step(ctx, tokenizer, records),
+               "hyperlora_step": _hyperlora_step(ctx, tokenizer, records)}
+    return {
+        "shape": {"batch": size.train_batch, "student_tokens": first["student_input_ids"].shape[1],
+                  "teacher_tokens": first["teacher_input_ids"].shape[1], "rank": ctx.rank,
+                  "targets": len(find_targets(ctx.model()))},
+        **figures({k: ms for k, (ms, _, _) in results.items()}, {"hyperlora_step": "peft_lora_step"}),
+        "peak_memory_mib": {k: peak for k, (_, peak, _) in results.items()},
+        "trainable_parameters": {k: n for k, (_, _, n) in results.items()},
+    }
 
-    # -- baseline: PEFT LoRA fine-tuning, cross-entropy on the response ------------
-    targets = find_targets(student)
-    peft = wrap_lora(student, targets, spec)  # in place: one copy of the student in memory, unloaded below
+
+def _timing(ctx: BenchContext) -> dict[str, Any]:
+    return {"device": ctx.device, "warmup": min(3, ctx.iters), "iters": ctx.iters, "repeats": 3}
+
+
+def _peft_step(ctx: BenchContext, tokenizer: Any, records: list[Record]) -> tuple[float, float | None, int]:
+    """(ms per step, peak MiB or None, trainable parameters) of PEFT LoRA fine-tuning."""
+    student, device = ctx.model(), ctx.device
+    collator = DistillCollator(tokenizer, tokenizer.model_max_length)
+    stream = BatchStream(records, ctx.size.train_batch, seed=0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    peft = wrap_lora(student, find_targets(student), ctx.spec)  # in place: one copy of the student in memory
     try:
         peft.train()
         params = [p for p in peft.parameters() if p.requires_grad]
-        trainable["peft_lora_step"] = sum(p.numel() for p in params)
         optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.01)
-        stream = BatchStream(records, size.train_batch, seed=0)
 
-        def peft_step() -> None:
+        def step() -> None:
             batch = collator(stream.next())
             ids, attention = batch["student_input_ids"].to(device), batch["student_attention_mask"].to(device)
             with autocast:
@@ -109,39 +118,34 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
         sync(device)
         reset_peak_memory(device)
-        times["peft_lora_step"] = time_ms(peft_step, **timing)
-        memory["peft_lora_step"] = peak_memory_mib(device)
-        del optimizer, params
+        ms = time_ms(step, **_timing(ctx))
+        return ms, peak_memory_mib(device), sum(p.numel() for p in params)
     finally:
         peft.unload()  # the student's own modules back in place: later sections see it untouched
         student.eval()
-    if any("lora" in name for name, _ in student.named_modules()):
-        raise RuntimeError("PEFT left LoRA modules in the shared student.")
-    _free(device)
+        if any("lora" in name for name, _ in student.named_modules()):
+            raise RuntimeError("PEFT left LoRA modules in the shared student.")
+        _free(device)
 
-    # -- hyperlora: Trainer.train_step --------------------------------------------
-    config = HyperLoRAConfig(lora=spec, generator=GeneratorConfig(head_rank=ctx.head_rank))
+
+def _hyperlora_step(ctx: BenchContext, tokenizer: Any, records: list[Record]) -> tuple[float, float | None, int]:
+    """(ms per step, peak MiB or None, trainable parameters) of ``Trainer.train_step``."""
+    student, device, size = ctx.model(), ctx.device, ctx.size
+    config = HyperLoRAConfig(lora=ctx.spec, generator=GeneratorConfig(head_rank=ctx.head_rank))
     hyper = HyperLoRA(student, tokenizer, config)
-    trainable["hyperlora_step"] = hyper.parameter_counts()["trainable"]
-    with tempfile.TemporaryDirectory(prefix="hyperlora-bench-") as out_dir:  # the trainer writes nothing here
-        trainer_config = TrainerConfig(out_dir=out_dir, max_steps=10**9, batch_size=size.train_batch, lr=LR,
-                                       warmup_steps=0, grad_clip=GRAD_CLIP, eval_every=0, save_every=0, progress=False)
-        trainer = Trainer(hyper, records, trainer_config, max_length=tokenizer.model_max_length)
-        sync(device)
-        reset_peak_memory(device)
-        times["hyperlora_step"] = time_ms(trainer.train_step, **timing)
-        memory["hyperlora_step"] = peak_memory_mib(device)
-    del trainer, hyper
-    student.eval()
-    _free(device)
-
-    return {
-        "shape": {"batch": size.train_batch, "student_tokens": student_len, "teacher_tokens": teacher_len,
-                  "rank": spec.rank, "targets": len(targets)},
-        **figures(times, {"hyperlora_step": "peft_lora_step"}),
-        "peak_memory_mib": memory,
-        "trainable_parameters": trainable,
-    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="hyperlora-bench-") as out_dir:  # the trainer writes nothing here
+            trainer_config = TrainerConfig(out_dir=out_dir, max_steps=10**9, batch_size=size.train_batch, lr=LR,
+                                           warmup_steps=0, grad_clip=GRAD_CLIP, eval_every=0, save_every=0,
+                                           progress=False)
+            trainer = Trainer(hyper, records, trainer_config, max_length=tokenizer.model_max_length)
+            sync(device)
+            reset_peak_memory(device)
+            ms = time_ms(trainer.train_step, **_timing(ctx))
+            return ms, peak_memory_mib(device), hyper.parameter_counts()["trainable"]
+    finally:
+        student.eval()
+        _free(device)
 
 
 def _free(device: torch.device) -> None:
