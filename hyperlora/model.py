@@ -39,15 +39,22 @@ AGNOSTIC_PROMPT = "Do the task."
 class Hypernetwork(nn.Module):
     """Encoder + generator: ``forward(prompts) -> {name: (A [B, D, R], B [B, R, O])}``.
 
-    The one module that trains (and that DDP wraps).
+    The one module that trains (and that DDP wraps). ``prompt_agnostic``: every row
+    reads ``AGNOSTIC_PROMPT`` instead of its own prompt (the one-LoRA baseline); it
+    lives here, not in ``HyperLoRA.adapters``, because the trainer calls this module
+    directly.
     """
 
-    def __init__(self, encoder: PromptEncoder, generator: ShapeGroupedLoRAGenerator) -> None:
+    def __init__(self, encoder: PromptEncoder, generator: ShapeGroupedLoRAGenerator,
+                 prompt_agnostic: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.generator = generator
+        self.prompt_agnostic = prompt_agnostic
 
     def forward(self, prompts: list[str]) -> dict[str, tuple[Tensor, Tensor]]:
+        if self.prompt_agnostic:
+            prompts = [AGNOSTIC_PROMPT] * len(prompts)
         return self.generator(self.encoder(prompts))
 
 
@@ -83,7 +90,7 @@ class HyperLoRA(nn.Module):
         encoder = build_encoder(config.encoder, student, tokenizer)
         generator = ShapeGroupedLoRAGenerator(self.targets, self.spec, encoder.d_ctx, config.generator)
         device = next(student.parameters()).device
-        self.hypernet = Hypernetwork(encoder, generator).to(device)
+        self.hypernet = Hypernetwork(encoder, generator, config.prompt_agnostic).to(device)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, dict[str, tuple[Tensor, Tensor]]] = OrderedDict()
 
@@ -95,7 +102,7 @@ class HyperLoRA(nn.Module):
         and cached by its text; training always recomputes.
         """
         prompts = check_prompts(prompts)
-        if self.config.prompt_agnostic:
+        if self.config.prompt_agnostic:  # the hypernetwork ignores prompts then: one cache entry serves all
             prompts = [AGNOSTIC_PROMPT] * len(prompts)
         if self.training or torch.is_grad_enabled():
             return self.hypernet(prompts)

@@ -85,7 +85,9 @@ def test_experiment_overrides_apply():
     # (they do not while `_self_` comes after `optional experiment` in config.yaml's defaults).
     assert cfg["lora"]["rank"] == 4 and cfg["lora"]["alpha"] == 8.0, cfg["lora"]
     gpu = _plain(compose(["experiment=gpu"]))
-    assert gpu["model"]["dtype"] == "bfloat16" and gpu["trainer"]["batch_size"] == 64
+    assert gpu["model"]["dtype"] == "bfloat16" and gpu["trainer"]["batch_size"] == 256  # the experiment's own
+    assert gpu["trainer"]["weight_decay"] == 0.01  # from the trainer group it selects
+    assert gpu["encoder"]["backbone"] == "student_hidden" and gpu["encoder"]["prompt_layout"] == "teacher"
     # A command-line override beats the experiment.
     assert _plain(compose(["experiment=tiny_test", "trainer.max_steps=2"]))["trainer"]["max_steps"] == 2
 

@@ -187,6 +187,9 @@ def test_sentence_model_not_saved_or_trained(sentence_encoder: PromptEncoder) ->
         (dict(d_ctx=0), "d_ctx"),
         (dict(max_length=-1), "max_length"),
         (dict(n_layers=0), "n_layers"),
+        (dict(pool="max"), "pool"),
+        (dict(prompt_layout="chat"), "prompt_layout"),
+        (dict(queries=0), "queries"),
     ],
 )
 def test_bad_config_raises(kwargs: dict[str, object], word: str) -> None:
@@ -198,3 +201,54 @@ def test_hidden_layer_out_of_range_raises(llama: nn.Module, tok: PreTrainedToken
     # 2 layers -> 3 hidden states: index 3 does not exist.
     with pytest.raises(ValueError, match="layer"):
         make_encoder("student_hidden", llama, tok, layer=3)
+
+
+# -- student_hidden options: teacher layout, attention pooling, layer mix -----------
+
+
+def test_teacher_layout_reads_the_teachers_own_states(llama: nn.Module, tok: PreTrainedTokenizerBase) -> None:
+    from hyperlora.data.format import prefix_ids, prompt_prefix_text
+
+    enc = make_encoder("student_hidden", llama, tok, prompt_layout="teacher")
+    prompts = ["Reverse the words.", "Keep only the first 2 words."]
+    with torch.no_grad():
+        got = enc(prompts)
+        for i, prompt in enumerate(prompts):
+            # The teacher's full context (prompt and input): its first n states are the encoder's.
+            n = len(tok(prompt_prefix_text(tok, prompt), add_special_tokens=False)["input_ids"])
+            full = torch.tensor([prefix_ids(tok, prompt, "cat dog sun")])
+            hidden = llama(input_ids=full, output_hidden_states=True, use_cache=False).hidden_states[-1]
+            torch.testing.assert_close(got[i], enc.head(hidden[0, :n].mean(0)), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_pool_starts_as_a_mean_and_ignores_padding(llama: nn.Module, tok: PreTrainedTokenizerBase) -> None:
+    enc = make_encoder("student_hidden", llama, tok, pool="attention", queries=3)
+    with torch.no_grad():
+        batched, alone = enc([SHORT, LONG]), enc([SHORT])
+        torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=1e-5)
+        enc.pool.queries.zero_()  # equal scores: every query is the mean of the normalised states
+        ids = torch.tensor([tok(SHORT)["input_ids"]])
+        states = enc.pool.norm(llama(input_ids=ids, output_hidden_states=True).hidden_states[-1])
+        expected = enc.head(states.mean(1).repeat(1, 3))
+        torch.testing.assert_close(enc([SHORT, LONG])[0], expected[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_layer_mix_can_select_one_layer(layer: int, llama: nn.Module, tok: PreTrainedTokenizerBase) -> None:
+    enc = make_encoder("student_hidden", llama, tok, layer_mix=True)
+    assert enc.layer_logits.shape == (3,)  # 2 layers + embeddings
+    with torch.no_grad():
+        enc.layer_logits.fill_(-1e4)[layer] = 0.0  # all the weight on one hidden state
+        ids = torch.tensor([tok(LONG)["input_ids"]])
+        hidden = llama(input_ids=ids, output_hidden_states=True).hidden_states[layer]
+        expected = enc.head(F.layer_norm(hidden, hidden.shape[-1:]).mean(1))
+        torch.testing.assert_close(enc([SHORT, LONG])[1], expected[0], atol=1e-5, rtol=1e-5)
+
+
+def test_new_student_hidden_parts_train(llama: nn.Module, tok: PreTrainedTokenizerBase) -> None:
+    enc = make_encoder("student_hidden", llama, tok, pool="attention", layer_mix=True, prompt_layout="teacher")
+    enc.train()
+    enc(["Reverse the words.", "Sort them."]).pow(2).sum().backward()
+    for name in ("layer_logits", "pool.queries", "head.1.weight"):
+        grad = enc.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name

@@ -357,3 +357,24 @@ def test_frozen_student_gets_no_gradients_even_with_ce(tmp_path):
     assert all(p.grad is None and not p.requires_grad for p in hyper.student.parameters())
     for key, value in before.items():
         assert torch.equal(value, hyper.student.state_dict()[key])
+
+
+# -- the prompt-agnostic baseline -------------------------------------------------------
+
+
+def test_prompt_agnostic_training_never_sees_the_prompts(tmp_path):
+    # The trainer calls the hypernetwork module directly (and DDP wraps that module), so
+    # the baseline's one-prompt substitution must happen there, in training as in use.
+    hyper = make_hyper()
+    hyper.config.prompt_agnostic = True
+    hyper.hypernet.prompt_agnostic = True
+    seen: list[list[str]] = []
+    original = hyper.hypernet.encoder.forward
+    hyper.hypernet.encoder.forward = lambda prompts: seen.append(list(prompts)) or original(prompts)
+    make_trainer(tmp_path, hyper, max_steps=3).fit()
+    assert len(seen) == 3 and all(p == ["Do the task."] * 8 for p in seen)
+    # After training, two different prompts still get one and the same adapter.
+    with torch.no_grad():
+        adapters = hyper.hypernet([TRAIN[0].prompt, TRAIN[5].prompt])
+    for A, B in adapters.values():
+        assert torch.equal(A[0], A[1]) and torch.equal(B[0], B[1])

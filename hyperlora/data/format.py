@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["prefix_ids", "response_ids", "prefix_text"]
+__all__ = ["prefix_ids", "response_ids", "prefix_text", "prompt_prefix_text"]
 
 
 def _user_text(prompt: str | None, text: str) -> str:
@@ -34,3 +34,19 @@ def response_ids(tokenizer: Any, response: str) -> list[int]:
     """Token ids of the response, ended by EOS so models learn to stop."""
     ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
     return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+
+
+# A character no prompt or template holds: where the input would start.
+_INPUT_MARKER = "\ue000"
+
+
+def prompt_prefix_text(tokenizer: Any, prompt: str) -> str:
+    """The teacher's context up to where the input starts: ``prefix_text`` cut before the input.
+
+    A causal teacher's states over these tokens do not depend on what follows, so
+    they are exactly its reading of the instruction.
+    """
+    full = prefix_text(tokenizer, prompt, _INPUT_MARKER)
+    if _INPUT_MARKER not in full:
+        raise ValueError("The tokenizer's chat template drops the user's message; use encoder.prompt_layout=bare.")
+    return full[: full.index(_INPUT_MARKER)]
