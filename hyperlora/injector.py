@@ -109,6 +109,7 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         self._modules = {name: model.get_submodule(name) for name in self.adapters}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._expanded: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
+        self._cast: dict[tuple[str, int, torch.dtype], tuple[Tensor, Tensor]] = {}
         self._patched: list[tuple[nn.Module, Any]] = []
         # q, k and v read the same x: one shrink x·[A_q | A_k | A_v | ...] reads x once
         # instead of once per projection. name -> (group index, column offset).
@@ -147,18 +148,37 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             self._last_shrink[g] = last
         return last[1][..., offset : offset + self.spec.rank]
 
+    def _inference_pair(self, name: str, rows: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``_pair`` already in the activations' dtype, cast once per injection, not once per token.
+
+        Only without a graph: in training the cast must be part of each forward's graph.
+        """
+        key = (name, rows, dtype)
+        pair = self._cast.get(key)
+        if pair is None:
+            A, B = self._pair(name, rows)
+            pair = self._cast[key] = (A.to(dtype), B.to(dtype))
+        return pair
+
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor]:
         scaling, p = self.spec.scaling, self.spec.dropout
+        shared = name in self._member
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
             x = args[0]
+            # Each projection draws its own dropout mask, as PEFT does (so no shared shrink then).
+            drop = p > 0.0 and (module.training if self.training is None else self.training)
+            if not (drop or shared or torch.is_grad_enabled()) and output.dim() == 3:
+                # The decode path (runs once per target per generated token): as few Python steps
+                # as possible around the two kernels. Without a graph the output's storage is
+                # ours to add into.
+                A, B = self._inference_pair(name, x.shape[0], output.dtype)
+                return output.baddbmm_(torch.bmm(x.to(output.dtype), A), B, alpha=scaling)
             A, B = self._pair(name, x.shape[0])
-            # Without a graph the output's storage is ours to add into.
             inplace = not torch.is_grad_enabled()
-            if p > 0.0 and (module.training if self.training is None else self.training):
-                # Each projection draws its own dropout mask, as PEFT does: no shared shrink.
+            if drop:
                 return lora_forward_delta(output, F.dropout(x, p=p, training=True), A, B, scaling, inplace)
-            if name in self._member:
+            if shared:
                 return lora_expand(output, self._shared_shrink(name, x, output.dtype), B, scaling, inplace)
             return lora_forward_delta(output, x, A, B, scaling, inplace)
 
@@ -222,6 +242,7 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         finally:
             self._unpatch_checkpointing()
             self._expanded.clear()
+            self._cast.clear()
             self._shared_a.clear()
             self._last_shrink.clear()
 

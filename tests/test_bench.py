@@ -51,10 +51,12 @@ def test_every_section_with_ratios_from_its_own_times(report: dict) -> None:
 def test_sections_time_what_they_promise(report: dict) -> None:
     s = report["sections"]
     assert set(s["injector"]["ratios"]) == {"injected_forward", "injected_forward_shared_shrink", "merged_forward",
-                                            "peft_single_adapter_forward", "injected_forward_backward"}
+                                            "peft_single_adapter_forward", "injected_forward_backward",
+                                            "injected_forward_backward_shared_shrink"}
     assert s["injector"]["baselines"]["injected_forward_backward"] == "base_forward_backward"
     assert set(s["generator"]["ratios"]) == {"adapters_1_prompts", "adapters_8_prompts", "adapters_64_prompts"}
-    assert set(s["decode"]["ratios"]) == {"injected_per_row", "peft_single_adapter", "merged"}
+    assert set(s["decode"]["ratios"]) == {"injected_per_row", "injected_per_row_shared_shrink", "peft_single_adapter",
+                                          "merged"}
     assert set(s["decode"]["baselines"].values()) == {"base"}
     assert s["train_step"]["baselines"] == {"hyperlora_step": "peft_lora_step"}
     # Peak memory is a CUDA figure: null on CPU, never a made-up zero.
@@ -71,8 +73,13 @@ def test_decode_removes_prefill_and_checks_tokens(report: dict) -> None:
         calls = decode["generate_ms"][name]
         assert per_token == pytest.approx((calls[f"new_tokens_{new}"] - calls["new_tokens_1"]) / (new - 1), rel=1e-3)
     # fp32 on CPU: the injected row 0 generates exactly the merged model's tokens, and the adapter matters.
-    assert decode["check"] == {"row0_injected_equals_merged": True, "row0_match_fraction": 1.0,
-                               "row0_differs_from_base": True}
+    check = decode["check"]
+    assert check["row0_injected_equals_merged"] is True and check["row0_match_fraction"] == 1.0
+    assert check["row0_differs_from_base"] is True
+    # The injected prefill logits sit on the merged model's, far closer than the base's do.
+    assert check["row0_prefill_logits_max_abs_diff_vs_merged"] < 1e-4
+    assert check["row0_prefill_logits_max_abs_diff_base_vs_merged"] > 100 * max(
+        check["row0_prefill_logits_max_abs_diff_vs_merged"], 1e-6)
 
 
 def test_only_restricts_sections(tmp_path: Path) -> None:

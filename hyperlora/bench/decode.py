@@ -13,6 +13,7 @@ work). Anything paid once per call (entering the injector, copying the model
 inputs) cancels too. Variants, each a ratio to ``base``:
 
 * ``injected_per_row``: a different adapter for every row, via ``hyperlora.injector.inject``;
+* ``injected_per_row_shared_shrink``: the same with ``share_shrink=True`` (q, k, v share one ``x·A``);
 * ``peft_single_adapter``: PEFT LoRA with row 0's adapter for every row;
 * ``merged``: row 0's ΔW merged into the weights.
 
@@ -59,6 +60,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     variants: dict[str, tuple[nn.Module, Callable[[], AbstractContextManager[Any]]]] = {
         "base": (model, nullcontext),
         "injected_per_row": (model, lambda: inject(model, adapters, spec)),
+        "injected_per_row_shared_shrink": (model, lambda: inject(model, adapters, spec, share_shrink=True)),
         "peft_single_adapter": (peft, nullcontext),
         "merged": (merged, nullcontext),
     }
@@ -85,10 +87,19 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
     out = {name: generate(name, new)[:, prompt:] for name in ("base", "injected_per_row", "merged")}
     equal = out["injected_per_row"][0] == out["merged"][0]
+    with torch.no_grad():
+        # The prefill's logits: in bf16 a near-tie can flip a greedy token, so the distance
+        # between the two models' logits (against the adapter's own effect) is reported too.
+        reference = merged(ids[:1], attention_mask=mask[:1], use_cache=False).logits.float()
+        base_logits = model(ids[:1], attention_mask=mask[:1], use_cache=False).logits.float()
+        with inject(model, adapters, spec):
+            injected = model(ids, attention_mask=mask, use_cache=False).logits[:1].float()
     check = {
         "row0_injected_equals_merged": bool(equal.all()),
         "row0_match_fraction": round(float(equal.float().mean()), 4),
         "row0_differs_from_base": not torch.equal(out["base"][0], out["merged"][0]),
+        "row0_prefill_logits_max_abs_diff_vs_merged": round(float((injected - reference).abs().max()), 5),
+        "row0_prefill_logits_max_abs_diff_base_vs_merged": round(float((base_logits - reference).abs().max()), 5),
     }
     return {
         "method": METHOD,

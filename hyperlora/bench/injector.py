@@ -8,7 +8,8 @@ different adapter for every row. Ratios:
   weights), PEFT LoRA with one shared adapter;
 * ``injected_forward_backward`` to ``base_forward_backward``: both back-propagate
   to the input embeddings (every activation gradient, no weight gradient); the
-  injected one also into every A and B. Peak memory of each (CUDA only).
+  injected one also into every A and B (also with ``share_shrink=True``: one
+  ``x`` gradient for q, k and v instead of three). Peak memory of each (CUDA only).
 """
 
 from __future__ import annotations
@@ -60,14 +61,15 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         x = embeds.clone().requires_grad_(True)
         model(inputs_embeds=x, use_cache=False).logits.float().mean().backward()
 
-    def injected_backward() -> None:
+    def injected_backward(share_shrink: bool = False) -> None:
         x = embeds.clone().requires_grad_(True)
-        with inject(model, trainable, spec):
+        with inject(model, trainable, spec, share_shrink=share_shrink):
             loss = model(inputs_embeds=x, use_cache=False).logits.float().mean()
         loss.backward()
 
     memory: dict[str, float | None] = {}
-    for name, fn in (("base_forward_backward", base_backward), ("injected_forward_backward", injected_backward)):
+    for name, fn in (("base_forward_backward", base_backward), ("injected_forward_backward", injected_backward),
+                     ("injected_forward_backward_shared_shrink", lambda: injected_backward(True))):
         reset_peak_memory(device)
         times[name] = time_ms(fn, **ctx.timing)
         memory[name] = peak_memory_mib(device)
@@ -78,6 +80,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "merged_forward": "base_forward",
         "peft_single_adapter_forward": "base_forward",
         "injected_forward_backward": "base_forward_backward",
+        "injected_forward_backward_shared_shrink": "base_forward_backward",
     }
     return {
         "shape": {"batch": size.batch, "tokens": size.tokens, "rank": spec.rank, "targets": len(targets),
