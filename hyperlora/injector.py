@@ -4,8 +4,7 @@
 adds ``s · dropout(x_i) A_i B_i`` to row i of the projection's output, batched over
 rows with ``bmm``/``baddbmm`` so no per-token copy of A or B is ever made. On exit
 every hook is removed, also when the forward raised, and the model is the base
-model again, bit for bit. With ``share_shrink=True`` projections that read the same
-tensor (q, k and v) share one shrink ``x·[A_q | A_k | A_v]``: x is read once, not thrice.
+model again, bit for bit.
 
 Gradient checkpointing replays a layer's forward during backward, which can be
 after the ``with`` block has ended and the hooks are gone (PEFT hit this). While
@@ -15,7 +14,6 @@ the replay re-installs this injection's hooks for its own duration.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -28,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from hyperlora.lora import LoRASpec
 from hyperlora.targets import Conv1D, linear_features
 
-__all__ = ["AdapterBatch", "inject", "lora_expand", "lora_forward_delta"]
+__all__ = ["AdapterBatch", "inject", "lora_forward_delta"]
 
 # target name -> (A [B, D, R], B [B, R, O])
 AdapterBatch = Mapping[str, tuple[Tensor, Tensor]]
@@ -38,20 +36,12 @@ def _as_3d(t: Tensor) -> Tensor:
     return t.unsqueeze(1) if t.dim() == 2 else t
 
 
-def lora_expand(out: Tensor, xa: Tensor, B: Tensor, scaling: float, inplace: bool) -> Tensor:
-    """``out + scaling · xa B`` row by row: ``out [B, T, O]`` or ``[B, O]``, ``xa [B, T, R]``, ``B [B, R, O]``.
-
-    The expand is fused with the add into the projection's output (beta=1): one
-    GEMM launch and no ``[B, T, O]`` temporary.
-    """
-    out3 = _as_3d(out)
-    B = B.to(out.dtype)
-    result = out3.baddbmm_(xa, B, alpha=scaling) if inplace else torch.baddbmm(out3, xa, B, alpha=scaling)
-    return result.squeeze(1) if out.dim() == 2 else result
-
-
 def lora_forward_delta(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scaling: float, inplace: bool) -> Tensor:
     """``out + scaling · x A B`` row by row.
+
+    The shrink ``x·A`` is ``[B, T, R]``: tiny. The expand is fused with the add into
+    the projection's output (``baddbmm``, beta=1): one GEMM launch, no ``[B, T, O]``
+    temporary.
 
     Args:
         out: ``[B, T, O]`` or ``[B, O]``, the base projection's output.
@@ -59,20 +49,11 @@ def lora_forward_delta(out: Tensor, x: Tensor, A: Tensor, B: Tensor, scaling: fl
         A: ``[B, D, R]``; B: ``[B, R, O]``.
         inplace: add into ``out``'s storage (only when no graph needs ``out``).
     """
-    xa = torch.bmm(_as_3d(x).to(out.dtype), A.to(out.dtype))  # [B, T, R]: tiny
-    return lora_expand(out, xa, B, scaling, inplace)
-
-
-def _sibling_groups(names: list[str], modules: dict[str, nn.Module]) -> list[list[str]]:
-    """Targets under one parent with one input width (q, k, v, o of one layer): candidates to share x·A.
-
-    Whether two of them really read the same tensor is checked at run time, by identity.
-    """
-    groups: dict[tuple[str, int], list[str]] = {}
-    for name in names:
-        parent = name.rsplit(".", 1)[0] if "." in name else ""
-        groups.setdefault((parent, linear_features(modules[name])[0]), []).append(name)
-    return [members for members in groups.values() if len(members) > 1]
+    out3 = _as_3d(out)
+    xa = torch.bmm(_as_3d(x).to(out.dtype), A.to(out.dtype))
+    B = B.to(out.dtype)
+    result = out3.baddbmm_(xa, B, alpha=scaling) if inplace else torch.baddbmm(out3, xa, B, alpha=scaling)
+    return result.squeeze(1) if out.dim() == 2 else result
 
 
 class inject:  # noqa: N801 - used as a context manager, reads like one
@@ -88,10 +69,6 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         training: whether LoRA dropout is on; ``None`` follows each hooked
             module's own mode. A frozen student stays in eval mode (no base
             dropout) while its adapters train, so the trainer passes ``True``.
-        share_shrink: projections of one block that read the same tensor (q, k,
-            v) share one ``x·[A_q | A_k | A_v]``, so x is read once, not three
-            times. Exact (tested), but off by default until the GPU benchmark
-            (``hyperlora bench`` times both) shows it pays.
 
     Raises:
         ValueError: an unknown target, a shape that does not fit its module,
@@ -99,8 +76,7 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             that is no multiple of the adapters' rows.
     """
 
-    def __init__(self, model: nn.Module, adapters: AdapterBatch, spec: LoRASpec, training: bool | None = None,
-                 share_shrink: bool = False) -> None:
+    def __init__(self, model: nn.Module, adapters: AdapterBatch, spec: LoRASpec, training: bool | None = None) -> None:
         self.model = model
         self.spec = spec
         self.training = training
@@ -111,12 +87,6 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         self._expanded: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
         self._cast: dict[tuple[str, int, torch.dtype], tuple[Tensor, Tensor]] = {}
         self._patched: list[tuple[nn.Module, Any]] = []
-        # q, k and v read the same x: one shrink x·[A_q | A_k | A_v | ...] reads x once
-        # instead of once per projection. name -> (group index, column offset).
-        self._groups = _sibling_groups(list(self.adapters), self._modules) if share_shrink else []
-        self._member = {n: (g, j * spec.rank) for g, group in enumerate(self._groups) for j, n in enumerate(group)}
-        self._shared_a: dict[tuple[int, int, torch.dtype], Tensor] = {}
-        self._last_shrink: dict[int, tuple[weakref.ref, Tensor]] = {}
 
     # -- hooks ---------------------------------------------------------------
     def _pair(self, name: str, rows: int) -> tuple[Tensor, Tensor]:
@@ -134,20 +104,6 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             self._expanded[key] = (A.repeat_interleave(k, dim=0), B.repeat_interleave(k, dim=0))
         return self._expanded[key]
 
-    def _shared_shrink(self, name: str, x: Tensor, dtype: torch.dtype) -> Tensor:
-        """``x A`` for ``name`` ``[B, T, R]``, a slice of one shrink shared with its siblings."""
-        g, offset = self._member[name]
-        last = self._last_shrink.get(g)
-        if last is None or last[0]() is not x:
-            key = (g, x.shape[0], dtype)
-            if key not in self._shared_a:
-                parts = [self._pair(member, x.shape[0])[0] for member in self._groups[g]]
-                self._shared_a[key] = torch.cat(parts, dim=-1).to(dtype)  # [B, D, n·R]
-            # A weak reference: the identity test must not keep activations alive.
-            last = (weakref.ref(x), torch.bmm(_as_3d(x).to(dtype), self._shared_a[key]))
-            self._last_shrink[g] = last
-        return last[1][..., offset : offset + self.spec.rank]
-
     def _inference_pair(self, name: str, rows: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """``_pair`` already in the activations' dtype, cast once per injection, not once per token.
 
@@ -162,13 +118,12 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor]:
         scaling, p = self.spec.scaling, self.spec.dropout
-        shared = name in self._member
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
             x = args[0]
-            # Each projection draws its own dropout mask, as PEFT does (so no shared shrink then).
+            # Each projection draws its own dropout mask, as PEFT does.
             drop = p > 0.0 and (module.training if self.training is None else self.training)
-            if not (drop or shared or torch.is_grad_enabled()) and output.dim() == 3:
+            if not (drop or torch.is_grad_enabled()) and output.dim() == 3:
                 # The decode path (runs once per target per generated token): as few Python steps
                 # as possible around the two kernels. Without a graph the output's storage is
                 # ours to add into.
@@ -177,9 +132,7 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             A, B = self._pair(name, x.shape[0])
             inplace = not torch.is_grad_enabled()
             if drop:
-                return lora_forward_delta(output, F.dropout(x, p=p, training=True), A, B, scaling, inplace)
-            if shared:
-                return lora_expand(output, self._shared_shrink(name, x, output.dtype), B, scaling, inplace)
+                x = F.dropout(x, p=p, training=True)
             return lora_forward_delta(output, x, A, B, scaling, inplace)
 
         return hook
@@ -243,8 +196,6 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             self._unpatch_checkpointing()
             self._expanded.clear()
             self._cast.clear()
-            self._shared_a.clear()
-            self._last_shrink.clear()
 
 
 def _validate(model: nn.Module, adapters: dict[str, tuple[Tensor, Tensor]], spec: LoRASpec) -> int:

@@ -3,13 +3,11 @@
 On the shared student, ``ids [batch, tokens]``, rank ``R`` on every target, a
 different adapter for every row. Ratios:
 
-* forwards (no grad) to ``base_forward``: injected, injected with
-  ``share_shrink=True`` (q, k, v share one ``x·A``), merged (row 0's ΔW in the
+* forwards (no grad) to ``base_forward``: injected, merged (row 0's ΔW in the
   weights), PEFT LoRA with one shared adapter;
 * ``injected_forward_backward`` to ``base_forward_backward``: both back-propagate
   to the input embeddings (every activation gradient, no weight gradient); the
-  injected one also into every A and B (also with ``share_shrink=True``: one
-  ``x`` gradient for q, k and v instead of three). Peak memory of each (CUDA only).
+  injected one also into every A and B. Peak memory of each (CUDA only).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from typing import Any
 import torch
 
 from hyperlora.bench.common import BenchContext, merged_model, peft_model, random_adapters
-from hyperlora.bench.timing import figures, peak_memory_mib, reset_peak_memory, time_ms
+from hyperlora.bench.timing import figures, peak_memory_mib, reset_peak_memory, sync, time_interleaved
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
 
@@ -42,17 +40,18 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
         return forward
 
-    def injected_forward(share_shrink: bool = False) -> None:
-        with torch.no_grad(), inject(model, adapters, spec, share_shrink=share_shrink):
+    def injected_forward() -> None:
+        with torch.no_grad(), inject(model, adapters, spec):
             model(ids, use_cache=False)
 
-    times: dict[str, float] = {}
-    times["base_forward"] = time_ms(forward_of(model), **ctx.timing)
-    times["injected_forward"] = time_ms(injected_forward, **ctx.timing)
-    times["injected_forward_shared_shrink"] = time_ms(lambda: injected_forward(True), **ctx.timing)
-    # Each copy lives only while it is timed.
-    times["merged_forward"] = time_ms(forward_of(merged_model(model, targets, adapters, spec)), **ctx.timing)
-    times["peft_single_adapter_forward"] = time_ms(forward_of(peft_model(model, targets, adapters, spec)), **ctx.timing)
+    # All four forwards interleaved (see time_interleaved): the copies live together for it.
+    merged, peft = merged_model(model, targets, adapters, spec), peft_model(model, targets, adapters, spec)
+    times = time_interleaved({
+        "base_forward": forward_of(model), "injected_forward": injected_forward,
+        "merged_forward": forward_of(merged), "peft_single_adapter_forward": forward_of(peft),
+    }, **ctx.timing)
+    del merged, peft
+    _free(device)
 
     embeds = model.get_input_embeddings()(ids).detach()
     trainable = random_adapters(targets, size.batch, spec.rank, dtype, device, requires_grad=True)
@@ -61,26 +60,27 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         x = embeds.clone().requires_grad_(True)
         model(inputs_embeds=x, use_cache=False).logits.float().mean().backward()
 
-    def injected_backward(share_shrink: bool = False) -> None:
+    def injected_backward() -> None:
         x = embeds.clone().requires_grad_(True)
-        with inject(model, trainable, spec, share_shrink=share_shrink):
+        with inject(model, trainable, spec):
             loss = model(inputs_embeds=x, use_cache=False).logits.float().mean()
         loss.backward()
 
+    backward = {"base_forward_backward": base_backward, "injected_forward_backward": injected_backward}
+    times.update(time_interleaved(backward, **ctx.timing))
     memory: dict[str, float | None] = {}
-    for name, fn in (("base_forward_backward", base_backward), ("injected_forward_backward", injected_backward),
-                     ("injected_forward_backward_shared_shrink", lambda: injected_backward(True))):
+    for name, fn in backward.items():  # one call each, alone, for its peak
+        sync(device)
         reset_peak_memory(device)
-        times[name] = time_ms(fn, **ctx.timing)
+        fn()
+        sync(device)
         memory[name] = peak_memory_mib(device)
 
     baselines = {
         "injected_forward": "base_forward",
-        "injected_forward_shared_shrink": "base_forward",
         "merged_forward": "base_forward",
         "peft_single_adapter_forward": "base_forward",
         "injected_forward_backward": "base_forward_backward",
-        "injected_forward_backward_shared_shrink": "base_forward_backward",
     }
     return {
         "shape": {"batch": size.batch, "tokens": size.tokens, "rank": spec.rank, "targets": len(targets),
@@ -88,3 +88,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         **figures(times, baselines),
         "peak_memory_mib": memory,
     }
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["device_name", "figures", "peak_memory_mib", "reset_peak_memory", "sync", "time_ms"]
+__all__ = ["device_name", "figures", "peak_memory_mib", "reset_peak_memory", "sync", "time_interleaved", "time_ms"]
 
 
 def sync(device: torch.device) -> None:
@@ -37,6 +37,31 @@ def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 3, iters:
         sync(device)
         samples.append((time.perf_counter() - start) * 1000.0 / iters)
     return statistics.median(samples)
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device, warmup: int = 3, iters: int = 10,
+                     repeats: int = 5) -> dict[str, float]:
+    """``time_ms`` of several functions, their repeats interleaved: ``{name: median ms}``.
+
+    Repeat r times every function once, starting at a different one each repeat
+    (rotation), so clock drift, a neighbour's burst or allocator warm-up lands on
+    all of them alike instead of on whichever was timed last. Ratios between the
+    medians are what the benchmarks report.
+    """
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(iters):
+                fns[name]()
+            sync(device)
+            samples[name].append((time.perf_counter() - start) * 1000.0 / iters)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def reset_peak_memory(device: torch.device) -> None:
