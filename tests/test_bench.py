@@ -59,7 +59,10 @@ def test_sections_time_what_they_promise(report: dict) -> None:
     assert set(s["decode"]["ratios"]) == {"injected_per_row", "peft_single_adapter", "merged"}
     assert set(s["decode"]["baselines"].values()) == {"base"}
     assert s["train_step"]["baselines"] == {"hyperlora_step": "peft_lora_step"}
-    # Peak memory is a CUDA figure: null on CPU, never a made-up zero.
+    # Kernel time and peak memory are CUDA figures: null on CPU, never a made-up zero.
+    assert set(s["injector"]["kernel_ratios"].values()) == {None}
+    assert set(s["injector"]["kernel_ms"]) == {"base_forward", "injected_forward", "base_forward_backward",
+                                               "injected_forward_backward"}
     assert set(s["train_step"]["peak_memory_mib"].values()) == {None}
     tiny = SIZES["tiny"]
     assert s["train_step"]["shape"]["student_tokens"] == tiny.train_tokens

@@ -8,6 +8,8 @@ different adapter for every row. Ratios:
 * ``injected_forward_backward`` to ``base_forward_backward``: both back-propagate
   to the input embeddings (every activation gradient, no weight gradient); the
   injected one also into every A and B. Peak memory of each (CUDA only).
+* ``kernel_ratios`` (CUDA only): the same two ratios from GPU kernel time alone
+  (``device_ms``), which host launch overhead and a busy neighbour do not move.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 
 from hyperlora.bench.common import BenchContext, merged_model, peft_model, random_adapters
-from hyperlora.bench.timing import figures, peak_memory_mib, reset_peak_memory, sync, time_interleaved
+from hyperlora.bench.timing import device_ms, figures, peak_memory_mib, reset_peak_memory, sync, time_interleaved
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
 
@@ -50,6 +52,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "base_forward": forward_of(model), "injected_forward": injected_forward,
         "merged_forward": forward_of(merged), "peft_single_adapter_forward": forward_of(peft),
     }, **ctx.timing)
+    kernels = {name: device_ms(fn, device) for name, fn in (("base_forward", forward_of(model)),
+                                                             ("injected_forward", injected_forward))}
     del merged, peft
     _free(device)
 
@@ -68,6 +72,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
     backward = {"base_forward_backward": base_backward, "injected_forward_backward": injected_backward}
     times.update(time_interleaved(backward, **ctx.timing))
+    kernels.update({name: device_ms(fn, device) for name, fn in backward.items()})
     memory: dict[str, float | None] = {}
     for name, fn in backward.items():  # one call each, alone, for its peak
         sync(device)
@@ -87,7 +92,17 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                   "adapter_per_row": True},
         **figures(times, baselines),
         "peak_memory_mib": memory,
+        # GPU kernel time alone (profiler; None on CPU): the same ratios without host overhead.
+        "kernel_ms": kernels,
+        "kernel_ratios": {
+            "injected_forward": _ratio(kernels["injected_forward"], kernels["base_forward"]),
+            "injected_forward_backward": _ratio(kernels["injected_forward_backward"], kernels["base_forward_backward"]),
+        },
     }
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return round(value / base, 4) if value is not None and base else None
 
 
 def _free(device: torch.device) -> None:

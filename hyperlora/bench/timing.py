@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["device_name", "figures", "peak_memory_mib", "reset_peak_memory", "sync", "time_interleaved", "time_ms"]
+__all__ = ["device_ms", "device_name", "figures", "peak_memory_mib", "reset_peak_memory", "sync", "time_interleaved",
+           "time_ms"]
 
 
 def sync(device: torch.device) -> None:
@@ -62,6 +63,28 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device,
             sync(device)
             samples[name].append((time.perf_counter() - start) * 1000.0 / iters)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def device_ms(fn: Callable[[], Any], device: torch.device, iters: int = 3) -> float | None:
+    """GPU kernel time of one call of ``fn`` (mean of ``iters``, profiler-measured), in ms; ``None`` on CPU.
+
+    Sums the kernels' own durations, so it ignores host-side launch overhead and
+    time the GPU sat idle or served another process: the work, where wall time
+    (``time_ms``) is the experience. The two together say whether a gap is the
+    kernels' or the Python around them.
+    """
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm: no first-call autotuning in the window
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        sync(device)
+    total_us = sum(event.self_device_time_total for event in prof.key_averages())
+    return total_us / 1000.0 / iters
 
 
 def reset_peak_memory(device: torch.device) -> None:
