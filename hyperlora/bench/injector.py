@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from hyperlora.bench.common import BenchContext, merged_model, peft_model, random_adapters
-from hyperlora.bench.timing import device_ms, figures, peak_memory_mib, reset_peak_memory, sync, time_interleaved
+from hyperlora.bench.timing import (
+    device_ms, figures, free_cached_memory, peak_memory_mib, reset_peak_memory, sync, time_interleaved,
+)
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
 
@@ -55,7 +57,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     kernels = {name: device_ms(fn, device) for name, fn in (("base_forward", forward_of(model)),
                                                              ("injected_forward", injected_forward))}
     del merged, peft
-    _free(device)
+    free_cached_memory(device)
 
     embeds = model.get_input_embeddings()(ids).detach()
     trainable = random_adapters(targets, size.batch, spec.rank, dtype, device, requires_grad=True)
@@ -104,7 +106,3 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 def _ratio(value: float | None, base: float | None) -> float | None:
     return round(value / base, 4) if value is not None and base else None
 
-
-def _free(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

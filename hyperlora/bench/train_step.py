@@ -31,7 +31,7 @@ import torch
 
 from hyperlora.batches import BatchStream
 from hyperlora.bench.common import BenchContext, BenchSize, wrap_lora
-from hyperlora.bench.timing import figures, peak_memory_mib, reset_peak_memory, sync, time_ms
+from hyperlora.bench.timing import figures, free_cached_memory, peak_memory_mib, reset_peak_memory, sync, time_ms
 from hyperlora.config import HyperLoRAConfig
 from hyperlora.data.collate import DistillCollator
 from hyperlora.data.records import Record
@@ -125,7 +125,7 @@ def _peft_step(ctx: BenchContext, tokenizer: Any, records: list[Record]) -> tupl
         student.eval()
         if any("lora" in name for name, _ in student.named_modules()):
             raise RuntimeError("PEFT left LoRA modules in the shared student.")
-        _free(device)
+        free_cached_memory(device)
 
 
 def _hyperlora_step(ctx: BenchContext, tokenizer: Any, records: list[Record]) -> tuple[float, float | None, int]:
@@ -145,9 +145,5 @@ def _hyperlora_step(ctx: BenchContext, tokenizer: Any, records: list[Record]) ->
             return ms, peak_memory_mib(device), hyper.parameter_counts()["trainable"]
     finally:
         student.eval()
-        _free(device)
+        free_cached_memory(device)
 
-
-def _free(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
