@@ -62,10 +62,12 @@ SIZES: dict[str, BenchSize] = {
 
 
 def build_model(size: BenchSize, dtype: torch.dtype, device: torch.device,
-                attn_implementation: str = "sdpa") -> nn.Module:
+                attn_implementation: str = "sdpa", seed: int = 0) -> nn.Module:
     """A randomly initialised ``LlamaForCausalLM`` of ``size``, frozen, in eval mode.
 
     Special ids are those of ``hyperlora.tokenizer.char_tokenizer`` (pad 0, bos 1, eos 2).
+    The initialisation is seeded (without touching the caller's RNG state) so two runs
+    of the bench time and check the same weights.
     """
     config = LlamaConfig(
         hidden_size=size.hidden, num_hidden_layers=size.layers, num_attention_heads=size.heads,
@@ -73,7 +75,9 @@ def build_model(size: BenchSize, dtype: torch.dtype, device: torch.device,
         max_position_embeddings=max(2048, size.tokens, size.train_tokens + size.train_prompt + 16),
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
-    with torch.device(device):
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.device(device):
+        torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     return model.eval().requires_grad_(False)
 
