@@ -118,22 +118,33 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor]:
         scaling, p = self.spec.scaling, self.spec.dropout
+        # Whether dropout can ever be on for this injection; when it cannot, the decode path
+        # below skips the per-call mode lookup.
+        may_drop = p > 0.0 and self.training is not False
+        # (rows, dtype) -> (A, B) already cast: this hook's own cache, so a decode step looks
+        # up one small dict and touches no method of ``self``.
+        cast: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
+        bmm, grad_enabled = torch.bmm, torch.is_grad_enabled
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
             x = args[0]
             # Each projection draws its own dropout mask, as PEFT does.
-            drop = p > 0.0 and (module.training if self.training is None else self.training)
-            if not (drop or torch.is_grad_enabled()) and output.dim() == 3:
-                # The decode path (runs once per target per generated token): as few Python steps
-                # as possible around the two kernels. Without a graph the output's storage is
-                # ours to add into.
-                A, B = self._inference_pair(name, x.shape[0], output.dtype)
-                return output.baddbmm_(torch.bmm(x.to(output.dtype), A), B, alpha=scaling)
+            drop = may_drop and (module.training if self.training is None else self.training)
+            if not (drop or grad_enabled()) and output.dim() == 3:
+                # The decode path runs once per target per generated token, so it is kept to a
+                # dict lookup around the two kernels: adapters are cast once per injection (not
+                # per token), and without a graph the output's storage is ours to add into.
+                dtype = output.dtype
+                pair = cast.get((x.shape[0], dtype))
+                if pair is None:
+                    pair = cast[(x.shape[0], dtype)] = self._inference_pair(name, x.shape[0], dtype)
+                if x.dtype != dtype:
+                    x = x.to(dtype)
+                return output.baddbmm_(bmm(x, pair[0]), pair[1], alpha=scaling)
             A, B = self._pair(name, x.shape[0])
-            inplace = not torch.is_grad_enabled()
             if drop:
                 x = F.dropout(x, p=p, training=True)
-            return lora_forward_delta(output, x, A, B, scaling, inplace)
+            return lora_forward_delta(output, x, A, B, scaling, inplace=not grad_enabled())
 
         return hook
 

@@ -61,6 +61,9 @@ def test_sections_time_what_they_promise(report: dict) -> None:
     assert s["train_step"]["baselines"] == {"hyperlora_step": "peft_lora_step"}
     # Kernel time and peak memory are CUDA figures: null on CPU, never a made-up zero.
     assert set(s["injector"]["kernel_ratios"].values()) == {None}
+    assert set(s["decode"]["kernel_ratios"]) == set(s["decode"]["ratios"])
+    assert set(s["decode"]["kernel_ratios"].values()) == set(s["decode"]["kernel_ms_per_token"].values()) == {None}
+    assert set(s["decode"]["kernel_launches_per_token"].values()) == {None}
     assert set(s["injector"]["kernel_ms"]) == {"base_forward", "injected_forward", "base_forward_backward",
                                                "injected_forward_backward"}
     assert set(s["train_step"]["peak_memory_mib"].values()) == {None}

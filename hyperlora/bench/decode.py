@@ -19,8 +19,15 @@ inputs) cancels too. Variants, each a ratio to ``base``:
 Correctness, checked here on the same prompts: row 0 of the injected run must
 generate the tokens the merged model generates for row 0 (greedy). In fp32 they
 are equal; in bf16 the two roundings differ, so the fraction of equal tokens is
-reported beside the boolean. ``row0_differs_from_base`` shows the adapter is
-strong enough to change the tokens, i.e. the check has teeth.
+reported beside the boolean, and so is the distance of row 0's prefill logits
+from the merged model's, against the base's distance from it.
+
+``kernel_ms_per_token`` / ``kernel_ratios`` (CUDA only): the same difference of
+two generate calls in GPU kernel time alone (profiler), so the GPU work of a
+decode step is separated from the host time spent launching it. At batch 16 a
+decode step's kernels are microseconds each, so wall time there is mostly host
+time; the kernel ratio says what the adapters cost the GPU, and
+``kernel_launches_per_token`` how many kernels each step queues (host work).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from hyperlora.bench.common import BenchContext, merged_model, peft_model, random_adapters
-from hyperlora.bench.timing import figures, time_ms
+from hyperlora.bench.timing import device_kernels, figures, kernel_ratio, time_ms
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
 
@@ -94,6 +101,15 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     generate_ms = {name: {"new_tokens_1": [round(t, 4) for t in c["one"]],
                           f"new_tokens_{new}": [round(t, 4) for t in c["full"]]} for name, c in calls.items()}
 
+    kernels: dict[str, float | None] = {}
+    launches: dict[str, float | None] = {}
+    for name in names:
+        full = device_kernels(lambda name=name: generate(name, new), device, iters=1)
+        one = device_kernels(lambda name=name: generate(name, 1), device, iters=1)
+        step = None if full is None or one is None else [(f - o) / (new - 1) for f, o in zip(full, one, strict=True)]
+        kernels[name] = None if step is None else round(step[0], 5)
+        launches[name] = None if step is None else round(step[1], 1)
+
     out = {name: generate(name, new)[:, prompt:] for name in ("base", "injected_per_row", "merged")}
     equal = out["injected_per_row"][0] == out["merged"][0]
     with torch.no_grad():
@@ -116,5 +132,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                   "targets": len(targets), "adapter_per_row": True},
         **figures(per_token, {name: "base" for name in variants if name != "base"}),
         "generate_ms": generate_ms,
+        "kernel_ms_per_token": kernels,
+        "kernel_ratios": {name: kernel_ratio(kernels[name], kernels["base"]) for name in names if name != "base"},
+        "kernel_launches_per_token": launches,
         "check": check,
     }

@@ -21,7 +21,7 @@ import torch
 
 from hyperlora.bench.common import BenchContext, merged_model, peft_model, random_adapters
 from hyperlora.bench.timing import (
-    device_ms, figures, free_cached_memory, peak_memory_mib, reset_peak_memory, sync, time_interleaved,
+    device_ms, figures, free_cached_memory, kernel_ratio, peak_memory_mib, reset_peak_memory, sync, time_interleaved,
 )
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
@@ -97,12 +97,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         # GPU kernel time alone (profiler; None on CPU): the same ratios without host overhead.
         "kernel_ms": kernels,
         "kernel_ratios": {
-            "injected_forward": _ratio(kernels["injected_forward"], kernels["base_forward"]),
-            "injected_forward_backward": _ratio(kernels["injected_forward_backward"], kernels["base_forward_backward"]),
+            "injected_forward": kernel_ratio(kernels["injected_forward"], kernels["base_forward"]),
+            "injected_forward_backward": kernel_ratio(kernels["injected_forward_backward"],
+                                                      kernels["base_forward_backward"]),
         },
     }
-
-
-def _ratio(value: float | None, base: float | None) -> float | None:
-    return round(value / base, 4) if value is not None and base else None
 

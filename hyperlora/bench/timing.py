@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["device_ms", "device_name", "figures", "free_cached_memory", "peak_memory_mib", "reset_peak_memory", "sync", "time_interleaved",
-           "time_ms"]
+__all__ = ["device_kernels", "device_ms", "device_name", "figures", "free_cached_memory", "kernel_ratio", "peak_memory_mib",
+           "reset_peak_memory", "sync", "time_interleaved", "time_ms"]
 
 
 def sync(device: torch.device) -> None:
@@ -65,13 +65,14 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device,
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def device_ms(fn: Callable[[], Any], device: torch.device, iters: int = 3) -> float | None:
-    """GPU kernel time of one call of ``fn`` (mean of ``iters``, profiler-measured), in ms; ``None`` on CPU.
+def device_kernels(fn: Callable[[], Any], device: torch.device, iters: int = 3) -> tuple[float, float] | None:
+    """``(kernel ms, kernel launches)`` of one call of ``fn`` (means over ``iters``, profiler-measured); ``None`` on CPU.
 
     Sums the kernels' own durations, so it ignores host-side launch overhead and
     time the GPU sat idle or served another process: the work, where wall time
     (``time_ms``) is the experience. The two together say whether a gap is the
-    kernels' or the Python around them.
+    kernels' or the Python around them; the launch count says how much host work
+    each call queues.
     """
     if device.type != "cuda":
         return None
@@ -83,8 +84,22 @@ def device_ms(fn: Callable[[], Any], device: torch.device, iters: int = 3) -> fl
         for _ in range(iters):
             fn()
         sync(device)
-    total_us = sum(event.self_device_time_total for event in prof.key_averages())
-    return total_us / 1000.0 / iters
+    # Device-side events only (kernels, memcpy/memset): host operator rows have no device self time.
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total_us = sum(e.self_device_time_total for e in events)
+    launches = sum(e.count for e in events)
+    return total_us / 1000.0 / iters, launches / iters
+
+
+def device_ms(fn: Callable[[], Any], device: torch.device, iters: int = 3) -> float | None:
+    """GPU kernel time of one call of ``fn`` in ms (``device_kernels``); ``None`` on CPU."""
+    measured = device_kernels(fn, device, iters)
+    return None if measured is None else measured[0]
+
+
+def kernel_ratio(value: float | None, base: float | None) -> float | None:
+    """``value / base`` of two ``device_ms`` figures, rounded; ``None`` where either is (on CPU)."""
+    return round(value / base, 4) if value is not None and base else None
 
 
 def free_cached_memory(device: torch.device) -> None:
