@@ -28,14 +28,15 @@ def _student(checkpointing: bool, use_reentrant: bool = False) -> nn.Module:
     return model
 
 
-def _leaves(model: nn.Module) -> Leaves:
-    adapters = make_adapters(find_targets(model), rows=2)
+def _leaves(model: nn.Module, layer: int | None = None) -> Leaves:
+    targets = [t for t in find_targets(model) if layer is None or t.layer == layer]
+    adapters = make_adapters(targets, rows=2)
     return {name: (A.clone().requires_grad_(), B.clone().requires_grad_()) for name, (A, B) in adapters.items()}
 
 
-def _grads(model: nn.Module, backward_inside: bool) -> dict[str, tuple[Tensor, Tensor]]:
-    """Gradients of the leaf A0, B0 under a cross-entropy loss on ids."""
-    leaves = _leaves(model)
+def _grads(model: nn.Module, backward_inside: bool, layer: int | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+    """Gradients of the leaf A0, B0 under a cross-entropy loss on ids (targets of ``layer`` only, if given)."""
+    leaves = _leaves(model, layer)
     # Non-leaf adapters, as a generator would emit: the graph must reach back to A0, B0.
     adapters = {name: (A0 * 1.0, B0 * 1.0) for name, (A0, B0) in leaves.items()}
     ids = random_ids(2, 7)
@@ -73,3 +74,17 @@ def test_replay_after_exit_leaves_no_hooks() -> None:
     before = {name: tuple(m._forward_hooks) for name, m in model.named_modules()}
     _grads(model, backward_inside=False)
     assert {name: tuple(m._forward_hooks) for name, m in model.named_modules()} == before
+
+
+def test_targets_in_one_layer_only() -> None:
+    # The injector patches the checkpoint function of the targets' ancestors only: adapters on the
+    # last layer alone must still be replayed there (backward after exit), and no other layer is touched.
+    last = len(tiny_model("llama").model.layers) - 1
+    reference = _grads(_student(checkpointing=False), backward_inside=True, layer=last)
+    model = _student(checkpointing=True)
+    checkpointed = _grads(model, backward_inside=False, layer=last)
+    assert set(checkpointed) == set(reference) and all(f".layers.{last}." in name for name in reference)
+    for name, (gA, gB) in reference.items():
+        assert gA.abs().max() > 0 and gB.abs().max() > 0
+        torch.testing.assert_close(checkpointed[name][0], gA, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(checkpointed[name][1], gB, atol=1e-6, rtol=1e-4)
