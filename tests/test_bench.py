@@ -53,7 +53,8 @@ def test_every_section_with_ratios_from_its_own_times(report: dict) -> None:
 def test_sections_time_what_they_promise(report: dict) -> None:
     s = report["sections"]
     assert set(s["injector"]["ratios"]) == {"injected_forward", "merged_forward", "peft_single_adapter_forward",
-                                            "injected_forward_backward"}
+                                            "inject_enter_exit", "injected_forward_backward"}
+    assert s["injector"]["baselines"]["inject_enter_exit"] == "base_forward"
     assert s["injector"]["baselines"]["injected_forward_backward"] == "base_forward_backward"
     assert set(s["generator"]["ratios"]) == {"adapters_1_prompts", "adapters_8_prompts", "adapters_64_prompts"}
     assert set(s["decode"]["ratios"]) == {"injected_per_row", "peft_single_adapter", "merged"}

@@ -10,6 +10,9 @@ different adapter for every row. Ratios:
   injected one also into every A and B. Peak memory of each (CUDA only).
 * ``kernel_ratios`` (CUDA only): the same two ratios from GPU kernel time alone
   (``device_ms``), which host launch overhead and a busy neighbour do not move.
+* ``inject_enter_exit`` to ``base_forward``: entering and leaving ``inject`` with no
+  forward in between, pure host time that every training step and every generate
+  call pays once (part of ``injected_forward``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from hyperlora.bench.common import BenchContext, merged_model, peft_model, random_adapters
 from hyperlora.bench.timing import (
     device_ms, figures, free_cached_memory, kernel_ratio, peak_memory_mib, reset_peak_memory, sync, time_interleaved,
+    time_ms,
 )
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
@@ -54,6 +58,12 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "base_forward": forward_of(model), "injected_forward": injected_forward,
         "merged_forward": forward_of(merged), "peft_single_adapter_forward": forward_of(peft),
     }, **ctx.timing)
+
+    def enter_exit() -> None:
+        with inject(model, adapters, spec):
+            pass
+
+    times["inject_enter_exit"] = time_ms(enter_exit, **ctx.timing)
     kernels = {name: device_ms(fn, device) for name, fn in (("base_forward", forward_of(model)),
                                                              ("injected_forward", injected_forward))}
     del merged, peft
@@ -87,6 +97,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "injected_forward": "base_forward",
         "merged_forward": "base_forward",
         "peft_single_adapter_forward": "base_forward",
+        "inject_enter_exit": "base_forward",
         "injected_forward_backward": "base_forward_backward",
     }
     return {
