@@ -24,7 +24,14 @@ import torch
 
 from hyperlora.bench.common import BenchContext, merged_model, peft_model, random_adapters
 from hyperlora.bench.timing import (
-    device_ms, figures, free_cached_memory, kernel_ratio, peak_memory_mib, reset_peak_memory, sync, time_interleaved,
+    device_ms,
+    figures,
+    free_cached_memory,
+    kernel_ratio,
+    peak_memory_mib,
+    reset_peak_memory,
+    sync,
+    time_interleaved,
     time_ms,
 )
 from hyperlora.injector import inject

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["device_kernels", "device_ms", "device_name", "figures", "free_cached_memory", "kernel_ratio", "peak_memory_mib",
-           "reset_peak_memory", "sync", "time_interleaved", "time_ms"]
+__all__ = ["device_kernels", "device_ms", "device_name", "figures", "free_cached_memory", "kernel_ratio",
+           "peak_memory_mib", "reset_peak_memory", "sync", "time_interleaved", "time_ms"]
 
 
 def sync(device: torch.device) -> None:
@@ -66,7 +66,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device,
 
 
 def device_kernels(fn: Callable[[], Any], device: torch.device, iters: int = 3) -> tuple[float, float] | None:
-    """``(kernel ms, kernel launches)`` of one call of ``fn`` (means over ``iters``, profiler-measured); ``None`` on CPU.
+    """``(kernel ms, kernel launches)`` of one call of ``fn``, means over ``iters`` (profiler); ``None`` on CPU.
 
     Sums the kernels' own durations, so it ignores host-side launch overhead and
     time the GPU sat idle or served another process: the work, where wall time
