@@ -92,7 +92,6 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         self.rows = _validate(self._modules, self.adapters, spec)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._expanded: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
-        self._cast: dict[tuple[str, int, torch.dtype], tuple[Tensor, Tensor]] = {}
         self._patched: list[tuple[nn.Module, Any]] = []
 
     # -- hooks ---------------------------------------------------------------
@@ -111,25 +110,14 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             self._expanded[key] = (A.repeat_interleave(k, dim=0), B.repeat_interleave(k, dim=0))
         return self._expanded[key]
 
-    def _inference_pair(self, name: str, rows: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``_pair`` already in the activations' dtype, cast once per injection, not once per token.
-
-        Only without a graph: in training the cast must be part of each forward's graph.
-        """
-        key = (name, rows, dtype)
-        pair = self._cast.get(key)
-        if pair is None:
-            A, B = self._pair(name, rows)
-            pair = self._cast[key] = (A.to(dtype), B.to(dtype))
-        return pair
-
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor]:
         scaling, p = self.spec.scaling, self.spec.dropout
         # Whether dropout can ever be on for this injection; when it cannot, the decode path
         # below skips the per-call mode lookup.
         may_drop = p > 0.0 and self.training is not False
-        # (rows, dtype) -> (A, B) already cast: this hook's own cache, so a decode step looks
-        # up one small dict and touches no method of ``self``.
+        # (rows, dtype) -> (A, B) in that dtype, for the no-graph path: cast once per injection,
+        # not once per token (in training the cast must be part of each forward's graph). The
+        # hook's own dict, so a decode step looks up one small dict and calls no method of ``self``.
         cast: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
         bmm, grad_enabled = torch.bmm, torch.is_grad_enabled
 
@@ -139,12 +127,13 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             drop = may_drop and (module.training if self.training is None else self.training)
             if not (drop or grad_enabled()) and output.dim() == 3:
                 # The decode path runs once per target per generated token, so it is kept to a
-                # dict lookup around the two kernels: adapters are cast once per injection (not
-                # per token), and without a graph the output's storage is ours to add into.
+                # dict lookup around the two kernels; without a graph the output's storage is
+                # ours to add into.
                 dtype = output.dtype
                 pair = cast.get((x.shape[0], dtype))
                 if pair is None:
-                    pair = cast[(x.shape[0], dtype)] = self._inference_pair(name, x.shape[0], dtype)
+                    A, B = self._pair(name, x.shape[0])
+                    pair = cast[(x.shape[0], dtype)] = (A.to(dtype), B.to(dtype))
                 if x.dtype != dtype:
                     x = x.to(dtype)
                 return output.baddbmm_(bmm(x, pair[0]), pair[1], alpha=scaling)
@@ -214,7 +203,6 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         finally:
             self._unpatch_checkpointing()
             self._expanded.clear()
-            self._cast.clear()
 
 
 def _resolve(model: nn.Module, names: list[str]) -> tuple[dict[str, nn.Module], list[nn.Module]]:
