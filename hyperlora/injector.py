@@ -10,6 +10,10 @@ Gradient checkpointing replays a layer's forward during backward, which can be
 after the ``with`` block has ended and the hooks are gone (PEFT hit this). While
 injected, the checkpoint function of every checkpointed layer is wrapped so that
 the replay re-installs this injection's hooks for its own duration.
+
+``torch.compile`` does not see hooks added after compiling unless its hook guards
+are on; entering an injection turns them on (``hyperlora.compiled``), so a model
+compiled earlier does not run without its adapters.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from hyperlora.compiled import guard_hooks_in_compiled_code
 from hyperlora.lora import LoRASpec
 from hyperlora.targets import Conv1D, linear_features
 
@@ -190,6 +195,7 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
     # -- context -------------------------------------------------------------
     def __enter__(self) -> inject:
         try:
+            guard_hooks_in_compiled_code()
             self._patch_checkpointing()
             self._install()
         except BaseException:

@@ -1,0 +1,44 @@
+"""Keep ``torch.compile`` from replaying a forward without (or with stale) injector hooks.
+
+By default TorchDynamo does not guard on ``nn.Module`` hooks
+(``torch._dynamo.config.skip_nnmodule_hook_guards = True``): a forward compiled
+before ``inject`` keeps running the compiled base graph inside the ``with`` block,
+so the per-row adapters are silently dropped. That is what a user gets from
+``torch.compile(model)``, or from ``generate(cache_implementation="static")``,
+which compiles the decoding step, run once before the injection.
+
+``guard_hooks_in_compiled_code`` turns the hook guards on, so compiled code is
+re-checked (and recompiled) when hooks change, and drops the code compiled before
+that, whose guards do not cover hooks. It imports nothing: if TorchDynamo is not
+loaded, nothing has been compiled yet and there is nothing to do.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+__all__ = ["guard_hooks_in_compiled_code"]
+
+
+def guard_hooks_in_compiled_code() -> bool:
+    """Make compiled code guard on module hooks; ``True`` if compiled code had to be dropped.
+
+    Called when an injection starts. Cheap when there is nothing to
+    do (TorchDynamo not loaded, or its hook guards already on).
+    """
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is None or not dynamo.config.skip_nnmodule_hook_guards:
+        return False
+    dynamo.config.skip_nnmodule_hook_guards = False
+    if not dynamo.utils.counters["frames"]["ok"]:
+        return False  # nothing compiled yet: every graph from now on guards on hooks
+    warnings.warn(
+        "hyperlora: code compiled by torch.compile before now does not check module hooks, so it would run "
+        "without the injected adapters. Its compile cache was cleared "
+        "(torch._dynamo.reset()) and hook guards were turned on; compiled functions recompile on their next call. "
+        "Set torch._dynamo.config.skip_nnmodule_hook_guards = False before compiling to avoid the recompile.",
+        stacklevel=3,
+    )
+    dynamo.reset()
+    return True

@@ -1,0 +1,83 @@
+"""A model compiled with torch.compile runs with the injected adapters, and without them after.
+
+TorchDynamo skips guards on module hooks by default, so code compiled before an
+injection would replay the base graph inside it (adapters silently dropped). The
+reference is always the same model run eagerly. The eager backend traces with
+TorchDynamo exactly as inductor does, without needing a C++ compiler.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch._dynamo
+from conftest import SPEC, make_adapters, random_ids
+from torch import Tensor, nn
+
+from hyperlora.compiled import guard_hooks_in_compiled_code
+from hyperlora.injector import inject
+from hyperlora.targets import find_targets
+from hyperlora.tiny import tiny_model
+
+
+@pytest.fixture
+def dynamo_defaults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process as it starts: nothing compiled, hook guards off (TorchDynamo's default)."""
+    torch._dynamo.reset()
+    monkeypatch.setitem(torch._dynamo.utils.counters, "frames", type(torch._dynamo.utils.counters["frames"])())
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=True):  # restored afterwards
+        yield
+    torch._dynamo.reset()
+
+
+def _logits(model: nn.Module, ids: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _setup() -> tuple[nn.Module, dict, Tensor, Tensor, Tensor]:
+    model = tiny_model("llama")
+    adapters = make_adapters(find_targets(model), rows=2)
+    ids = random_ids(2, 7)
+    base = _logits(model, ids)
+    with inject(model, adapters, SPEC):
+        injected = _logits(model, ids)
+    assert (injected - base).abs().max() > 1e-2  # the adapters matter, so dropping them would show
+    torch._dynamo.config.skip_nnmodule_hook_guards = True  # the eager runs above turned the guards on
+    return model, adapters, ids, base, injected
+
+
+@pytest.mark.usefixtures("dynamo_defaults")
+def test_compiled_before_injection_still_applies_the_adapters() -> None:
+    model, adapters, ids, base, injected = _setup()
+    compiled = torch.compile(model, backend="eager")
+    torch.testing.assert_close(_logits(compiled, ids), base)  # compiled without hooks, guards off
+    with pytest.warns(UserWarning, match="skip_nnmodule_hook_guards"), inject(model, adapters, SPEC):
+        got = _logits(compiled, ids)
+    torch.testing.assert_close(got, injected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(_logits(compiled, ids), base)
+    assert torch._dynamo.config.skip_nnmodule_hook_guards is False
+
+
+@pytest.mark.usefixtures("dynamo_defaults")
+def test_first_compiled_inside_the_injection_forgets_the_adapters_after_it() -> None:
+    # The mirror case, a regression guard: TorchDynamo's own guards catch it today.
+    model, adapters, ids, base, injected = _setup()
+    compiled = torch.compile(model, backend="eager")
+    with inject(model, adapters, SPEC):
+        # TorchDynamo was already imported (torch.compile above) but nothing compiled: no warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = _logits(compiled, ids)
+    torch.testing.assert_close(got, injected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(_logits(compiled, ids), base)
+
+
+@pytest.mark.usefixtures("dynamo_defaults")
+def test_nothing_to_do_without_compiled_code() -> None:
+    assert guard_hooks_in_compiled_code() is False  # nothing compiled: guards on, no reset
+    assert torch._dynamo.config.skip_nnmodule_hook_guards is False
+    assert guard_hooks_in_compiled_code() is False  # already on
