@@ -60,6 +60,15 @@ def test_compiled_before_injection_still_applies_the_adapters() -> None:
     torch.testing.assert_close(got, injected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(_logits(compiled, ids), base)
     assert torch._dynamo.config.skip_nnmodule_hook_guards is False
+    # Another injection with other adapters: the compiled model follows them, no warning this time.
+    other = make_adapters(find_targets(model), rows=2, seed=7)
+    with inject(model, other, SPEC):
+        expected = _logits(model, ids)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = _logits(compiled, ids)
+    assert (expected - injected).abs().max() > 1e-2
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.usefixtures("dynamo_defaults")
