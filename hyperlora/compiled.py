@@ -16,29 +16,37 @@ loaded, nothing has been compiled yet and there is nothing to do.
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 
 __all__ = ["guard_hooks_in_compiled_code"]
 
+_LOCK = threading.Lock()  # two threads entering injections at once flip and reset once
+
 
 def guard_hooks_in_compiled_code() -> bool:
-    """Make compiled code guard on module hooks; ``True`` if compiled code had to be dropped.
+    """Make compiled code guard on module hooks; ``True`` if code compiled before had to be dropped.
 
-    Called when an injection starts. Cheap when there is nothing to
-    do (TorchDynamo not loaded, or its hook guards already on).
+    Called when an injection starts. Cheap when there is nothing to do (TorchDynamo not
+    loaded, or its hook guards already on). The setting stays on for the process.
     """
     dynamo = sys.modules.get("torch._dynamo")
     if dynamo is None or not dynamo.config.skip_nnmodule_hook_guards:
         return False
-    dynamo.config.skip_nnmodule_hook_guards = False
-    if not dynamo.utils.counters["frames"]["ok"]:
-        return False  # nothing compiled yet: every graph from now on guards on hooks
-    warnings.warn(
-        "hyperlora: code compiled by torch.compile before now does not check module hooks, so it would run "
-        "without the injected adapters. Its compile cache was cleared "
-        "(torch._dynamo.reset()) and hook guards were turned on; compiled functions recompile on their next call. "
-        "Set torch._dynamo.config.skip_nnmodule_hook_guards = False before compiling to avoid the recompile.",
-        stacklevel=3,
-    )
-    dynamo.reset()
-    return True
+    with _LOCK:
+        if not dynamo.config.skip_nnmodule_hook_guards:
+            return False
+        dynamo.config.skip_nnmodule_hook_guards = False
+        # Code compiled until now has no hook guards: drop it. reset() is cheap when nothing was
+        # compiled; the frame counter (a TorchDynamo internal) only decides whether to say so.
+        compiled = bool(dynamo.utils.counters["frames"]["ok"])
+        dynamo.reset()
+    if compiled:
+        warnings.warn(
+            "hyperlora: code compiled by torch.compile before now does not check module hooks, so it would run "
+            "without the injected adapters. Its compile cache was cleared (torch._dynamo.reset()) and hook guards "
+            "were turned on for this process; compiled functions recompile on their next call. Set "
+            "torch._dynamo.config.skip_nnmodule_hook_guards = False before compiling to avoid the recompile.",
+            stacklevel=3,
+        )
+    return compiled

@@ -93,7 +93,7 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         self.adapters = dict(adapters)
         # Entered once per training step and per generate call: module lookups are host time on
         # every step, so each target is resolved once, by a walk that skips Module.__getattr__.
-        self._modules, self._ancestors = _resolve(model, list(self.adapters))
+        self._modules = _resolve(model, list(self.adapters))
         self.rows = _validate(self._modules, self.adapters, spec)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._expanded: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
@@ -181,8 +181,9 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         return checkpoint(replayable, *args, use_reentrant=False, **kwargs)
 
     def _patch_checkpointing(self) -> None:
-        # Only a checkpointed ancestor of a target replays one of our hooks, so only those are looked at.
-        for module in self._ancestors:
+        # Every module, not only the targets' ancestors by name: a module registered under two
+        # paths (a shared block) is replayed inside a layer that is no ancestor of its first name.
+        for module in self.model.modules():
             if "_gradient_checkpointing_func" in module.__dict__ and getattr(module, "gradient_checkpointing", False):
                 self._patched.append((module, module.__dict__["_gradient_checkpointing_func"]))
                 module._gradient_checkpointing_func = self._checkpoint_with_hooks
@@ -194,6 +195,9 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
 
     # -- context -------------------------------------------------------------
     def __enter__(self) -> inject:
+        if self._handles or self._patched:
+            # The inner exit would take the outer block's hooks away with its own.
+            raise RuntimeError("This inject(...) is already active; nest a new inject(...) instead of re-entering it.")
         try:
             guard_hooks_in_compiled_code()
             self._patch_checkpointing()
@@ -211,26 +215,27 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             self._expanded.clear()
 
 
-def _resolve(model: nn.Module, names: list[str]) -> tuple[dict[str, nn.Module], list[nn.Module]]:
-    """``({name: module}, ancestors)``: each target module, and every module on a path to one (root included).
+def _resolve(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """``{name: module}`` for each target.
 
     Walks ``_modules`` directly: ``get_submodule`` goes through ``hasattr``/``__getattr__`` at
-    every level, which for 64 targets costs about a third of a small model's forward in host time.
+    every level, which for 64 targets costs about a third of a small model's forward in host
+    time. A name the walk does not find falls back to attribute lookup, which is how wrappers
+    that forward to the model inside them (``torch.compile``'s ``OptimizedModule``, PEFT's
+    ``PeftModel``) answer to the inner model's names.
     """
     if not names:
         raise ValueError("inject() got no adapters: pass {target name: (A, B)}, e.g. from HyperLoRA.adapters().")
     modules: dict[str, nn.Module] = {}
-    ancestors: dict[int, nn.Module] = {id(model): model}
     for name in names:
-        module = model
+        module: Any = model
         for part in name.split(".") if name else []:
-            parent = module
-            module = parent._modules.get(part)  # type: ignore[assignment]
-            if module is None:
+            child = module._modules.get(part)
+            module = child if child is not None else getattr(module, part, None)
+            if not isinstance(module, nn.Module):
                 raise ValueError(f"Adapter for {name!r}, but the model has no module of that name.")
-            ancestors.setdefault(id(parent), parent)
         modules[name] = module
-    return modules, list(ancestors.values())
+    return modules
 
 
 def _validate(modules: dict[str, nn.Module], adapters: dict[str, tuple[Tensor, Tensor]], spec: LoRASpec) -> int:

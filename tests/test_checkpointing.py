@@ -77,8 +77,7 @@ def test_replay_after_exit_leaves_no_hooks() -> None:
 
 
 def test_targets_in_one_layer_only() -> None:
-    # The injector patches the checkpoint function of the targets' ancestors only: adapters on the
-    # last layer alone must still be replayed there (backward after exit), and no other layer is touched.
+    # Adapters on the last layer alone are replayed there when backward runs after exit.
     last = len(tiny_model("llama").model.layers) - 1
     reference = _grads(_student(checkpointing=False), backward_inside=True, layer=last)
     model = _student(checkpointing=True)
@@ -88,3 +87,32 @@ def test_targets_in_one_layer_only() -> None:
         assert gA.abs().max() > 0 and gB.abs().max() > 0
         torch.testing.assert_close(checkpointed[name][0], gA, atol=1e-6, rtol=1e-4)
         torch.testing.assert_close(checkpointed[name][1], gB, atol=1e-6, rtol=1e-4)
+
+
+def test_projection_shared_by_two_layers() -> None:
+    # One module registered under two paths (a shared block): named by its first path only, it is
+    # also replayed inside the second layer, whose checkpoint function must bring the hooks back too.
+    def shared(checkpointing: bool) -> nn.Module:
+        model = _student(checkpointing)
+        model.model.layers[1].self_attn.q_proj = model.model.layers[0].self_attn.q_proj
+        return model
+
+    def grads(model: nn.Module, backward_inside: bool) -> tuple[Tensor, Tensor]:
+        name = "model.layers.0.self_attn.q_proj"
+        assert name in {t.name for t in find_targets(model)}
+        A0, B0 = (t.clone().requires_grad_() for t in make_adapters(
+            [t for t in find_targets(model) if t.name == name], rows=2)[name])
+        ids = random_ids(2, 7)
+        with inject(model, {name: (A0 * 1.0, B0 * 1.0)}, SPEC):
+            loss = model(input_ids=ids, labels=ids).loss
+            if backward_inside:
+                loss.backward()
+        if not backward_inside:
+            loss.backward()
+        return A0.grad, B0.grad
+
+    reference = grads(shared(checkpointing=False), backward_inside=True)
+    checkpointed = grads(shared(checkpointing=True), backward_inside=False)
+    assert reference[0].abs().max() > 0
+    for got, want in zip(checkpointed, reference, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)

@@ -64,8 +64,9 @@ def test_compiled_before_injection_still_applies_the_adapters() -> None:
     other = make_adapters(find_targets(model), rows=2, seed=7)
     with inject(model, other, SPEC):
         expected = _logits(model, ids)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="hyperlora")
+        with inject(model, other, SPEC):
             got = _logits(compiled, ids)
     assert (expected - injected).abs().max() > 1e-2
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
@@ -76,10 +77,23 @@ def test_first_compiled_inside_the_injection_forgets_the_adapters_after_it() -> 
     # The mirror case, a regression guard: TorchDynamo's own guards catch it today.
     model, adapters, ids, base, injected = _setup()
     compiled = torch.compile(model, backend="eager")
-    with inject(model, adapters, SPEC):
-        # TorchDynamo was already imported (torch.compile above) but nothing compiled: no warning.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
+    # TorchDynamo was already imported (torch.compile above) but nothing compiled: no warning.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="hyperlora")
+        with inject(model, adapters, SPEC):
+            got = _logits(compiled, ids)
+    torch.testing.assert_close(got, injected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(_logits(compiled, ids), base)
+
+
+@pytest.mark.usefixtures("dynamo_defaults")
+def test_inject_into_the_compiled_wrapper() -> None:
+    # torch.compile(model) answers to the inner model's module names by forwarding attributes.
+    model, adapters, ids, base, injected = _setup()
+    compiled = torch.compile(model, backend="eager")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="hyperlora")
+        with inject(compiled, adapters, SPEC):
             got = _logits(compiled, ids)
     torch.testing.assert_close(got, injected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(_logits(compiled, ids), base)

@@ -189,6 +189,20 @@ def test_checkpoint_functions_restored_after_exception() -> None:
     assert all(m.__dict__["_gradient_checkpointing_func"] is f for m, f in zip(layers, originals))
 
 
+def test_reentering_an_active_injection_is_refused() -> None:
+    model = tiny_model("llama")
+    ids = random_ids(2, 7)
+    injection = inject(model, make_adapters(find_targets(model), rows=2), SPEC)
+    with injection:
+        injected = _logits(model, ids)
+        with pytest.raises(RuntimeError, match="already active"):
+            with injection:
+                pass
+        torch.testing.assert_close(_logits(model, ids), injected)  # the outer block keeps its adapters
+    with injection:  # entered again after it ended: fine
+        torch.testing.assert_close(_logits(model, ids), injected)
+
+
 # -- bad input ----------------------------------------------------------------
 def _llama_and_adapters() -> tuple[nn.Module, dict]:
     model = tiny_model("llama")

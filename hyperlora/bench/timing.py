@@ -76,6 +76,7 @@ def device_kernels(fn: Callable[[], Any], device: torch.device, iters: int = 3) 
     """
     if device.type != "cuda":
         return None
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     fn()  # warm: no first-call autotuning in the window
@@ -84,8 +85,11 @@ def device_kernels(fn: Callable[[], Any], device: torch.device, iters: int = 3) 
         for _ in range(iters):
             fn()
         sync(device)
-    # Device-side events only (kernels, memcpy/memset): host operator rows have no device self time.
-    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    # Device-side rows only (kernels, memcpy, memset). The profiler also copies a kernel's duration
+    # onto the host call it can link to the launch (cudaLaunchKernel); summing every row with device
+    # time would count those kernels twice and the others once (runs 4-6 of the README did).
+    events = [e for e in prof.key_averages()
+              if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
     total_us = sum(e.self_device_time_total for e in events)
     launches = sum(e.count for e in events)
     return total_us / 1000.0 / iters, launches / iters
