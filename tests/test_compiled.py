@@ -50,6 +50,14 @@ def _setup() -> tuple[nn.Module, dict, Tensor, Tensor, Tensor]:
     return model, adapters, ids, base, injected
 
 
+def _quietly_injected(target: nn.Module, adapters: dict, compiled: nn.Module, ids: Tensor) -> Tensor:
+    """``compiled``'s logits inside ``inject(target, adapters)``; hyperlora's warning would fail the test."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="hyperlora")
+        with inject(target, adapters, SPEC):
+            return _logits(compiled, ids)
+
+
 @pytest.mark.usefixtures("dynamo_defaults")
 def test_compiled_before_injection_still_applies_the_adapters() -> None:
     model, adapters, ids, base, injected = _setup()
@@ -64,37 +72,20 @@ def test_compiled_before_injection_still_applies_the_adapters() -> None:
     other = make_adapters(find_targets(model), rows=2, seed=7)
     with inject(model, other, SPEC):
         expected = _logits(model, ids)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="hyperlora")
-        with inject(model, other, SPEC):
-            got = _logits(compiled, ids)
+    got = _quietly_injected(model, other, compiled, ids)
     assert (expected - injected).abs().max() > 1e-2
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("into", ["model", "compiled wrapper"])
 @pytest.mark.usefixtures("dynamo_defaults")
-def test_first_compiled_inside_the_injection_forgets_the_adapters_after_it() -> None:
-    # The mirror case, a regression guard: TorchDynamo's own guards catch it today.
+def test_first_compiled_inside_the_injection_forgets_the_adapters_after_it(into: str) -> None:
+    # The mirror case, a regression guard (TorchDynamo's own guards catch it today), injecting into
+    # the model or into torch.compile's wrapper, which answers to the inner model's names.
     model, adapters, ids, base, injected = _setup()
     compiled = torch.compile(model, backend="eager")
-    # TorchDynamo was already imported (torch.compile above) but nothing compiled: no warning.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="hyperlora")
-        with inject(model, adapters, SPEC):
-            got = _logits(compiled, ids)
-    torch.testing.assert_close(got, injected, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(_logits(compiled, ids), base)
-
-
-@pytest.mark.usefixtures("dynamo_defaults")
-def test_inject_into_the_compiled_wrapper() -> None:
-    # torch.compile(model) answers to the inner model's module names by forwarding attributes.
-    model, adapters, ids, base, injected = _setup()
-    compiled = torch.compile(model, backend="eager")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="hyperlora")
-        with inject(compiled, adapters, SPEC):
-            got = _logits(compiled, ids)
+    # TorchDynamo is imported (torch.compile above) but nothing is compiled yet: no warning.
+    got = _quietly_injected(model if into == "model" else compiled, adapters, compiled, ids)
     torch.testing.assert_close(got, injected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(_logits(compiled, ids), base)
 

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from hyperlora.bench.common import BenchContext, merged_model, peft_model, random_adapters
-from hyperlora.bench.timing import device_kernels, figures, kernel_ratio, time_ms
+from hyperlora.bench.timing import device_kernels, figures, kernel_ratio, rotation, time_ms
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
 
@@ -91,7 +91,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     samples: dict[str, list[float]] = {name: [] for name in names}
     calls: dict[str, dict[str, list[float]]] = {name: {"one": [], "full": []} for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in rotation(names, r):
             one = time_ms(lambda name=name: generate(name, 1), device=device, warmup=0, iters=1, repeats=1)
             full = time_ms(lambda name=name: generate(name, new), device=device, warmup=0, iters=1, repeats=1)
             calls[name]["one"].append(one), calls[name]["full"].append(full)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 __all__ = ["device_kernels", "device_ms", "device_name", "figures", "free_cached_memory", "kernel_ratio",
-           "peak_memory_mib", "reset_peak_memory", "sync", "time_interleaved", "time_ms"]
+           "peak_memory_mib", "reset_peak_memory", "rotation", "sync", "time_interleaved", "time_ms"]
 
 
 def sync(device: torch.device) -> None:
@@ -40,6 +40,12 @@ def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 3, iters:
     return statistics.median(samples)
 
 
+def rotation(names: list[str], repeat: int) -> list[str]:
+    """``names`` starting at a different one each ``repeat``: the order variants are timed in."""
+    start = repeat % len(names)
+    return names[start:] + names[:start]
+
+
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device, warmup: int = 3, iters: int = 10,
                      repeats: int = 5) -> dict[str, float]:
     """``time_ms`` of several functions, their repeats interleaved: ``{name: median ms}``.
@@ -56,7 +62,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device,
     sync(device)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in rotation(names, r):
             start = time.perf_counter()
             for _ in range(iters):
                 fns[name]()
