@@ -90,6 +90,10 @@ def test_decode_removes_prefill_and_checks_tokens(report: dict) -> None:
     # the injected prefill logits sit on the merged model's, far closer than the base's do.
     assert isinstance(check["row0_differs_from_base"], bool)
     assert check["row0_prefill_logits_max_abs_diff_vs_merged"] < 1e-4
+    # So does one cached decode step (one token per row: the hook's decode path).
+    assert check["row0_decode_step_logits_max_abs_diff_vs_merged"] < 1e-4
+    assert check["row0_decode_step_logits_max_abs_diff_base_vs_merged"] > 100 * max(
+        check["row0_decode_step_logits_max_abs_diff_vs_merged"], 1e-6)
     assert check["row0_prefill_logits_max_abs_diff_base_vs_merged"] > 100 * max(
         check["row0_prefill_logits_max_abs_diff_vs_merged"], 1e-6)
 

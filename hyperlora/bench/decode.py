@@ -119,12 +119,18 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         base_logits = model(ids[:1], attention_mask=mask[:1], use_cache=False).logits.float()
         with inject(model, adapters, spec):
             injected = model(ids, attention_mask=mask, use_cache=False).logits[:1].float()
+    step = {name: _decode_step_logits(variants[name], ids, mask) for name in ("base", "injected_per_row", "merged")}
     check = {
         "row0_injected_equals_merged": bool(equal.all()),
         "row0_match_fraction": round(float(equal.float().mean()), 4),
         "row0_differs_from_base": not torch.equal(out["base"][0], out["merged"][0]),
         "row0_prefill_logits_max_abs_diff_vs_merged": round(float((injected - reference).abs().max()), 5),
         "row0_prefill_logits_max_abs_diff_base_vs_merged": round(float((base_logits - reference).abs().max()), 5),
+        # The same for one cached decode step (one token per row, the hook's decode path).
+        "row0_decode_step_logits_max_abs_diff_vs_merged": round(float(
+            (step["injected_per_row"][0] - step["merged"][0]).abs().max()), 5),
+        "row0_decode_step_logits_max_abs_diff_base_vs_merged": round(float(
+            (step["base"][0] - step["merged"][0]).abs().max()), 5),
     }
     return {
         "method": METHOD,
@@ -137,3 +143,16 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "kernel_launches_per_token": launches,
         "check": check,
     }
+
+
+def _decode_step_logits(variant: tuple[nn.Module, Callable[[], AbstractContextManager[Any]]], ids: Tensor,
+                        mask: Tensor) -> Tensor:
+    """The logits ``[B, vocab]`` (fp32) of one cached decode step after the prefill: the last prompt
+    token fed again, the same input for every variant (no variant's own choice of token)."""
+    m, context = variant
+    with torch.no_grad(), context():
+        out = m(ids, attention_mask=mask, use_cache=True)
+        token = ids[:, -1:]  # the same next token for every variant: the last prompt token again
+        step_mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+        step = m(token, attention_mask=step_mask, past_key_values=out.past_key_values, use_cache=True)
+        return step.logits[:, -1].float()
