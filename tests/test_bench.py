@@ -21,7 +21,7 @@ from hyperlora import cli
 from hyperlora.bench import main as bench_main
 from hyperlora.bench.common import SIZES
 
-ALL = ["injector", "generator", "decode", "train_step"]
+ALL = ["injector", "generator", "decode", "decode_compiled", "train_step"]
 
 
 def _bench(tmp_path: Path, *args: str, name: str = "bench.json") -> dict:
@@ -96,6 +96,26 @@ def test_decode_removes_prefill_and_checks_tokens(report: dict) -> None:
         check["row0_decode_step_logits_max_abs_diff_vs_merged"], 1e-6)
     assert check["row0_prefill_logits_max_abs_diff_base_vs_merged"] > 100 * max(
         check["row0_prefill_logits_max_abs_diff_vs_merged"], 1e-6)
+
+
+def test_compiled_decode_compiles_once_and_decodes_like_eager(report: dict) -> None:
+    """The static-cache, compiled decoding step (TorchDynamo's eager backend on CPU): one compile per
+    variant, none for the new injection every timed call enters, and the injected model's compiled
+    decoding step gives the eager injected model's logits exactly (fp32), which the adapters move."""
+    section = report["sections"]["decode_compiled"]
+    assert section["backend"] == "eager" and section["shape"]["cache"] == "static"
+    assert section["baselines"] == {"injected_per_row": "base"}
+    check = section["check"]
+    assert check["compiled_frames"] == 2 and check["compiled_while_timing"] == 0
+    assert check["injected_tokens_equal_eager"] is True
+    assert check["decode_step_logits_max_abs_diff_compiled_vs_eager_injected"] == 0.0
+    assert check["decode_step_logits_max_abs_diff_compiled_base_vs_injected"] > 1e-2
+    new = SIZES["tiny"].decode_new
+    for name, per_token in section["times_ms"].items():
+        calls = section["generate_ms"][name]
+        expected = statistics.median((full - one) / (new - 1)
+                                     for one, full in zip(calls["new_tokens_1"], calls[f"new_tokens_{new}"], strict=True))
+        assert per_token == pytest.approx(expected, rel=1e-3, abs=1e-3)
 
 
 def test_only_restricts_sections(tmp_path: Path) -> None:

@@ -40,28 +40,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hyperlora.bench.common import BenchContext, merged_model, peft_model, random_adapters
+from hyperlora.bench.common import Adapters, BenchContext, merged_model, peft_model, random_adapters
 from hyperlora.bench.timing import device_kernels, figures, kernel_ratio, rotation, time_ms
 from hyperlora.injector import inject
-from hyperlora.targets import find_targets
+from hyperlora.targets import Target, find_targets
 
-__all__ = ["METHOD", "run"]
+__all__ = ["METHOD", "decode_inputs", "kernels_per_token", "run", "time_per_token"]
 
 METHOD = ("per-token = (t(prompt + N new) - t(prompt + 1 new)) / (N - 1) per repeat, variants interleaved, "
           "median over repeats")
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    size, spec, device, dtype = ctx.size, ctx.spec, ctx.device, ctx.dtype
-    rows, prompt, new = size.decode_batch, size.decode_prompt, size.decode_new
-    if new < 2:
-        raise ValueError(f"decode needs at least 2 new tokens to remove the prefill, got {new}.")
-    model = ctx.model()
-    targets = find_targets(model)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, size.vocab, (rows, prompt), generator=gen).to(device)
-    mask = torch.ones_like(ids)
-    adapters = random_adapters(targets, rows, spec.rank, dtype, device)
+    spec, device = ctx.spec, ctx.device
+    rows, prompt, new = ctx.size.decode_batch, ctx.size.decode_prompt, ctx.size.decode_new
+    model, targets, ids, mask, adapters = decode_inputs(ctx)
     merged = merged_model(model, targets, adapters, spec)
     peft = peft_model(model, targets, adapters, spec)
 
@@ -82,33 +75,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             raise RuntimeError(f"{name}: generate returned {tuple(out.shape)}, expected {(rows, prompt + new_tokens)}")
         return out
 
-    # Whole generate calls are slow: one per repeat. Variants interleave within each repeat
-    # (rotating the start), and each repeat gives its own per-token figure; medians of those.
-    repeats = max(5, min(ctx.iters, 9))
     names = list(variants)
-    for name in names:  # warm-up
-        generate(name, 1), generate(name, new)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    calls: dict[str, dict[str, list[float]]] = {name: {"one": [], "full": []} for name in names}
-    for r in range(repeats):
-        for name in rotation(names, r):
-            one = time_ms(lambda name=name: generate(name, 1), device=device, warmup=0, iters=1, repeats=1)
-            full = time_ms(lambda name=name: generate(name, new), device=device, warmup=0, iters=1, repeats=1)
-            calls[name]["one"].append(one), calls[name]["full"].append(full)
-            samples[name].append((full - one) / (new - 1))
-    per_token = {name: statistics.median(values) for name, values in samples.items()}
-    # Every repeat's pair of whole-call times, so each per-token median can be recomputed.
-    generate_ms = {name: {"new_tokens_1": [round(t, 4) for t in c["one"]],
-                          f"new_tokens_{new}": [round(t, 4) for t in c["full"]]} for name, c in calls.items()}
-
-    kernels: dict[str, float | None] = {}
-    launches: dict[str, float | None] = {}
-    for name in names:
-        full = device_kernels(lambda name=name: generate(name, new), device, iters=1)
-        one = device_kernels(lambda name=name: generate(name, 1), device, iters=1)
-        step = None if full is None or one is None else [(f - o) / (new - 1) for f, o in zip(full, one, strict=True)]
-        kernels[name] = None if step is None else round(step[0], 5)
-        launches[name] = None if step is None else round(step[1], 1)
+    per_token, generate_ms = time_per_token(generate, names, new, device, repeats=max(5, min(ctx.iters, 9)))
+    kernels, launches = kernels_per_token(generate, names, new, device)
 
     out = {name: generate(name, new)[:, prompt:] for name in ("base", "injected_per_row", "merged")}
     equal = out["injected_per_row"][0] == out["merged"][0]
@@ -156,3 +125,57 @@ def _decode_step_logits(variant: tuple[nn.Module, Callable[[], AbstractContextMa
         step_mask = torch.cat([mask, torch.ones_like(token)], dim=1)
         step = m(token, attention_mask=step_mask, past_key_values=out.past_key_values, use_cache=True)
         return step.logits[:, -1].float()
+
+
+def decode_inputs(ctx: BenchContext) -> tuple[nn.Module, list[Target], Tensor, Tensor, Adapters]:
+    """The shared student, its targets, prompt ids and mask ``[decode_batch, decode_prompt]``, and a
+    different random adapter per row: the same for every decode section (same seeds)."""
+    size = ctx.size
+    if size.decode_new < 2:
+        raise ValueError(f"decode needs at least 2 new tokens to remove the prefill, got {size.decode_new}.")
+    model = ctx.model()
+    targets = find_targets(model)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, size.vocab, (size.decode_batch, size.decode_prompt), generator=gen).to(ctx.device)
+    adapters = random_adapters(targets, size.decode_batch, ctx.spec.rank, ctx.dtype, ctx.device)
+    return model, targets, ids, torch.ones_like(ids), adapters
+
+
+def time_per_token(generate: Callable[[str, int], Tensor], names: list[str], new: int, device: torch.device,
+                   repeats: int) -> tuple[dict[str, float], dict[str, dict[str, list[float]]]]:
+    """``({name: per-token ms}, {name: every repeat's whole-call ms})`` by ``METHOD``.
+
+    ``generate(name, n)`` generates ``n`` new tokens with variant ``name``. Whole generate calls
+    are slow: one pair per repeat. Variants interleave within each repeat (rotating the start),
+    and each repeat gives its own per-token figure; medians of those. The whole-call times are
+    returned too, so each median can be recomputed from the report.
+    """
+    for name in names:  # warm-up
+        generate(name, 1), generate(name, new)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    calls: dict[str, dict[str, list[float]]] = {name: {"one": [], "full": []} for name in names}
+    for r in range(repeats):
+        for name in rotation(names, r):
+            one = time_ms(lambda name=name: generate(name, 1), device=device, warmup=0, iters=1, repeats=1)
+            full = time_ms(lambda name=name: generate(name, new), device=device, warmup=0, iters=1, repeats=1)
+            calls[name]["one"].append(one), calls[name]["full"].append(full)
+            samples[name].append((full - one) / (new - 1))
+    per_token = {name: statistics.median(values) for name, values in samples.items()}
+    generate_ms = {name: {"new_tokens_1": [round(t, 4) for t in c["one"]],
+                          f"new_tokens_{new}": [round(t, 4) for t in c["full"]]} for name, c in calls.items()}
+    return per_token, generate_ms
+
+
+def kernels_per_token(generate: Callable[[str, int], Tensor], names: list[str], new: int,
+                      device: torch.device) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """``({name: GPU kernel ms per token}, {name: kernel launches per token})``, the same difference of
+    two generate calls in kernel time (profiler); ``None`` on CPU."""
+    kernels: dict[str, float | None] = {}
+    launches: dict[str, float | None] = {}
+    for name in names:
+        full = device_kernels(lambda name=name: generate(name, new), device, iters=1)
+        one = device_kernels(lambda name=name: generate(name, 1), device, iters=1)
+        step = None if full is None or one is None else [(f - o) / (new - 1) for f, o in zip(full, one, strict=True)]
+        kernels[name] = None if step is None else round(step[0], 5)
+        launches[name] = None if step is None else round(step[1], 1)
+    return kernels, launches

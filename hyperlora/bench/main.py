@@ -4,7 +4,7 @@
     hyperlora bench --size small --only injector,decode --iters 5
 
 Every figure is a ratio to a baseline timed in the same process (each section
-names its baselines). Sections: injector, generator, decode, train_step (see
+names its baselines). Sections: injector, generator, decode, decode_compiled, train_step (see
 ``hyperlora.bench.<section>``). The report is printed and, with ``--out``,
 written atomically after the last section: a failed run leaves the old file.
 """
@@ -30,6 +30,7 @@ SECTIONS: dict[str, str] = {
     "injector": "hyperlora.bench.injector",
     "generator": "hyperlora.bench.generator",
     "decode": "hyperlora.bench.decode",
+    "decode_compiled": "hyperlora.bench.decode_compiled",
     "train_step": "hyperlora.bench.train_step",
 }
 
