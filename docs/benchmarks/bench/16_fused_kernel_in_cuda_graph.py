@@ -1,4 +1,14 @@
-"""Scratch: GPU time per call of LoRA-add variants at the decode shape, inside one CUDA graph."""
+"""GPU time per call of a fused LoRA-add Triton kernel (shrink + expand + add, one launch) against
+``bmm`` + ``baddbmm_`` at the decode shape (16 rows, 1 token, D 2048, rank 16, O 2048 or 512), 64 calls
+captured in one CUDA graph and replayed, so host launch time is out and in-graph launch gaps are in.
+A record of a rejected experiment (see the README's Performance section), not part of the package:
+needs CUDA and Triton.
+
+    python docs/benchmarks/bench/16_fused_kernel_in_cuda_graph.py    # JSON to $OUT
+
+The error column of the stored report (``16_...json``) was computed against a reference taken
+before the bmm timing loop had changed ``out``: it is meaningless there; fixed below.
+"""
 from __future__ import annotations
 import json, os, sys
 import torch
@@ -69,8 +79,8 @@ for O in (2048, 512):
     A = torch.randn(16, 2048, 16, device="cuda", dtype=dt) / 45
     B = torch.randn(16, 16, O, device="cuda", dtype=dt) * 0.01
     out = torch.randn(16, 1, O, device="cuda", dtype=dt)
-    ref = out.double() + 2.0 * (x.double() @ A.double() @ B.double())
     r = {"bmm_baddbmm": graph_us(lambda: out.baddbmm_(torch.bmm(x, A), B, alpha=2.0))}
+    ref = out.double() + 2.0 * (x.double() @ A.double() @ B.double())  # after the loop above changed out
     for block_d in (128, 256, 512):
         for block_o in (64, 128, 256):
             for warps in (4, 8):
