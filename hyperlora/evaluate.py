@@ -23,12 +23,13 @@ from hyperlora.distill import kl_loss
 __all__ = ["decode_new", "exact_match", "greedy_decode", "heldout_kl", "left_padded", "logits_at", "response_logits"]
 
 
-def left_padded(prefixes: Sequence[list[int]], pad: int, device: torch.device) -> dict[str, Tensor]:
+def left_padded(prefixes: Sequence[list[int]], pad: int, device: torch.device, multiple: int = 1) -> dict[str, Tensor]:
     """``input_ids`` and ``attention_mask``, both ``[B, T]``, padded on the left.
 
-    Left, because generation continues from each row's last real token.
+    Left, because generation continues from each row's last real token. ``multiple``: ``T`` is
+    rounded up to a multiple of it, so that batches of similar lengths share one shape.
     """
-    width = max(map(len, prefixes))
+    width = -(-max(map(len, prefixes)) // multiple) * multiple
     ids = torch.full((len(prefixes), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, prefix in enumerate(prefixes):

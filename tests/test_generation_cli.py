@@ -131,3 +131,39 @@ def test_bad_input_is_one_line(case: str, dirs: dict[str, Path], tmp_path: Path,
     code, stdout, err = _run(args, capsys)
     _one_line_error(code, err)
     assert stdout == ""
+
+
+def test_static_cache_generates_what_the_dynamic_cache_does(dirs: dict[str, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--static-cache`` (inputs padded to a multiple of 64 tokens; on CUDA a compiled decoding step)
+    gives the default's outputs for every row, adapted and base alike."""
+    import torch
+    import transformers
+
+    sizes: list[int] = []  # the static caches generate made: one per call, sized for the padded width
+    original = transformers.StaticCache.__init__
+
+    def spy(self: object, *args: object, **kwargs: object) -> None:
+        sizes.append(int(kwargs["max_cache_len"]))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.StaticCache, "__init__", spy)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch = _jsonl(tmp_path / "batch.jsonl", [{"prompt": p, "input": x} for p, x in zip(PROMPTS, INPUTS)])
+    outputs = []
+    for extra in ([], ["--static-cache"]):
+        out_file = tmp_path / f"out{len(extra)}.jsonl"
+        code, _, _ = _run(["generate", "--checkpoint", str(dirs["ckpt"]), "--batch", str(batch), "--compare",
+                           "--out", str(out_file), "--max-new-tokens", "6", "--min-new-tokens", "6",
+                           "--device", device, *extra], capsys)
+        assert code == 0
+        outputs.append([json.loads(line) for line in out_file.read_text().splitlines()])
+    assert outputs[1] == outputs[0]
+    # Only the second run made static caches, one per generate call (adapted, base with and without the
+    # prompt), all of one size: every call's inputs were padded to 64 tokens, room for the new ones too.
+    assert len(sizes) == 3 and len(set(sizes)) == 1 and 64 <= sizes[0] <= 64 + 6
+    # The rows differ from each other and from the base: the comparison is not between empty outputs.
+    assert len({row["output"] for row in outputs[0]}) > 1
+    assert any(row["output"] != row["base_without_prompt"] for row in outputs[0])
