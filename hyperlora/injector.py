@@ -29,12 +29,16 @@ from torch.utils.checkpoint import checkpoint
 
 from hyperlora.compiled import guard_hooks_in_compiled_code
 from hyperlora.lora import LoRASpec
+from hyperlora.shared_input import MAX_TOKENS as SHARED_MAX_TOKENS
+from hyperlora.shared_input import InputRecorder, SharedShrink, candidate_groups, learned_groups, remember_groups
 from hyperlora.targets import Conv1D, linear_features
 
 __all__ = ["AdapterBatch", "inject", "lora_forward_delta"]
 
 # target name -> (A [B, D, R], B [B, R, O])
 AdapterBatch = Mapping[str, tuple[Tensor, Tensor]]
+# A, B in the output's dtype; for a member of a group also its shared shrink and B [B, G·R, O] padded to it.
+_DecodeOperands = tuple[Tensor, Tensor, SharedShrink | None, Tensor | None]
 
 
 def _as_3d(t: Tensor) -> Tensor:
@@ -79,6 +83,10 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         training: whether LoRA dropout is on; ``None`` follows each hooked
             module's own mode. A frozen student stays in eval mode (no base
             dropout) while its adapters train, so the trainer passes ``True``.
+        share_inputs: in steps of at most 16 tokens per row without a graph
+            (decoding), targets seen to read one tensor (q, k, v) compute one
+            shrink between them (``hyperlora.shared_input``; which ones is learnt
+            in the first injection into a model).
 
     Raises:
         ValueError: an unknown target, a shape that does not fit its module,
@@ -86,7 +94,8 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             that is no multiple of the adapters' rows.
     """
 
-    def __init__(self, model: nn.Module, adapters: AdapterBatch, spec: LoRASpec, training: bool | None = None) -> None:
+    def __init__(self, model: nn.Module, adapters: AdapterBatch, spec: LoRASpec, training: bool | None = None,
+                 share_inputs: bool = True) -> None:
         self.model = model
         self.spec = spec
         self.training = training
@@ -98,6 +107,18 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._expanded: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
         self._patched: list[tuple[nn.Module, Any]] = []
+        # name -> (its group, its place in it), from what an earlier injection into this model saw;
+        # without that, a recorder watches this one's inputs for the next.
+        self._groups: dict[str, tuple[tuple[str, ...], int]] = {}
+        self._shared: dict[tuple[tuple[str, ...], int, torch.dtype], SharedShrink] = {}
+        self._recorder: InputRecorder | None = None
+        if share_inputs:
+            groups = learned_groups(model, list(self.adapters))
+            if groups is None:
+                candidates = candidate_groups(self._modules)
+                self._recorder = InputRecorder(candidates) if candidates else None
+            else:
+                self._groups = {name: (group, i) for group in groups for i, name in enumerate(group)}
 
     # -- hooks ---------------------------------------------------------------
     def _pair(self, name: str, rows: int) -> tuple[Tensor, Tensor]:
@@ -115,33 +136,50 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             self._expanded[key] = (A.repeat_interleave(k, dim=0), B.repeat_interleave(k, dim=0))
         return self._expanded[key]
 
+    def _decode_operands(self, name: str, rows: int, dtype: torch.dtype) -> _DecodeOperands:
+        """``A``, ``B`` in ``dtype``; for a member of a group also the group's shrink and its ``B`` padded to it."""
+        A, B = self._pair(name, rows)
+        A, B = A.to(dtype), B.to(dtype)
+        if name not in self._groups:
+            return A, B, None, None
+        group, index = self._groups[name]
+        shared = self._shared.get((group, rows, dtype))
+        if shared is None:
+            shared = self._shared[(group, rows, dtype)] = SharedShrink([self._pair(n, rows)[0].to(dtype) for n in group])
+        return A, B, shared, shared.padded_b(index, B)
+
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor]:
         scaling, p = self.spec.scaling, self.spec.dropout
         # Whether dropout can ever be on for this injection; when it cannot, the decode path
         # below skips the per-call mode lookup.
         may_drop = p > 0.0 and self.training is not False
-        # (rows, dtype) -> (A, B) in that dtype, for the no-graph path: cast once per injection,
+        # (rows, dtype) -> operands in that dtype, for the no-graph path: cast once per injection,
         # not once per token (in training the cast must be part of each forward's graph). The
-        # hook's own dict, so a decode step looks up one small dict and calls no method of ``self``.
-        cast: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
-        bmm, grad_enabled = torch.bmm, torch.is_grad_enabled
+        # hook's own dict, so a decode step looks up one small dict around its kernels.
+        cast: dict[tuple[int, torch.dtype], _DecodeOperands] = {}
+        bmm, grad_enabled, tracing = torch.bmm, torch.is_grad_enabled, torch.compiler.is_compiling
+        recorder = self._recorder
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
             x = args[0]
             # Each projection draws its own dropout mask, as PEFT does.
             drop = may_drop and (module.training if self.training is None else self.training)
-            if not (drop or grad_enabled()) and output.dim() == 3:
+            # While torch.compile traces the hook, only the maths below: no Python-side caches.
+            traced = tracing()
+            if recorder is not None and not traced:
+                recorder.note(name, x)
+            if not (drop or grad_enabled() or traced) and output.dim() == 3:
                 # The decode path runs once per target per generated token, so it is kept to a
-                # dict lookup around the two kernels; without a graph the output's storage is
-                # ours to add into.
+                # dict lookup around the kernels; without a graph the output's storage is ours to
+                # add into.
                 dtype = output.dtype
-                pair = cast.get((x.shape[0], dtype))
-                if pair is None:
-                    A, B = self._pair(name, x.shape[0])
-                    pair = cast[(x.shape[0], dtype)] = (A.to(dtype), B.to(dtype))
+                A, B, shared, padded_b = cast.get((x.shape[0], dtype)) or cast.setdefault(
+                    (x.shape[0], dtype), self._decode_operands(name, x.shape[0], dtype))
                 if x.dtype != dtype:
                     x = x.to(dtype)
-                return output.baddbmm_(bmm(x, pair[0]), pair[1], alpha=scaling)
+                if shared is not None and x.shape[1] <= SHARED_MAX_TOKENS:
+                    return output.baddbmm_(shared.shrink(x), padded_b, alpha=scaling)
+                return output.baddbmm_(bmm(x, A), B, alpha=scaling)
             A, B = self._pair(name, x.shape[0])
             if drop:
                 x = F.dropout(x, p=p, training=True)
@@ -213,6 +251,10 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         finally:
             self._unpatch_checkpointing()
             self._expanded.clear()
+            self._shared.clear()
+            if self._recorder is not None and self._recorder.saw_a_forward:
+                remember_groups(self.model, list(self.adapters), self._recorder.groups())
+                self._recorder = None
 
 
 def _resolve(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:

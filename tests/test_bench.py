@@ -57,7 +57,8 @@ def test_sections_time_what_they_promise(report: dict) -> None:
     assert s["injector"]["baselines"]["inject_enter_exit"] == "base_forward"
     assert s["injector"]["baselines"]["injected_forward_backward"] == "base_forward_backward"
     assert set(s["generator"]["ratios"]) == {"adapters_1_prompts", "adapters_8_prompts", "adapters_64_prompts"}
-    assert set(s["decode"]["ratios"]) == {"injected_per_row", "peft_single_adapter", "merged"}
+    assert set(s["decode"]["ratios"]) == {"injected_per_row", "injected_per_row_unshared", "peft_single_adapter",
+                                          "merged"}
     assert set(s["decode"]["baselines"].values()) == {"base"}
     assert s["train_step"]["baselines"] == {"hyperlora_step": "peft_lora_step"}
     # Kernel time and peak memory are CUDA figures: null on CPU, never a made-up zero.

@@ -12,7 +12,9 @@ steps (each one forward on ``[B, 1]`` with the cache plus generate's own per-ste
 work). Anything paid once per call (entering the injector, copying the model
 inputs) cancels too. Variants, each a ratio to ``base``:
 
-* ``injected_per_row``: a different adapter for every row, via ``hyperlora.injector.inject``;
+* ``injected_per_row``: a different adapter for every row, via ``hyperlora.injector.inject``
+  (q, k and v share one shrink: ``hyperlora.shared_input``);
+* ``injected_per_row_unshared``: the same with ``share_inputs=False``, a shrink per target;
 * ``peft_single_adapter``: PEFT LoRA with row 0's adapter for every row;
 * ``merged``: row 0's ΔW merged into the weights.
 
@@ -61,6 +63,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     variants: dict[str, tuple[nn.Module, Callable[[], AbstractContextManager[Any]]]] = {
         "base": (model, nullcontext),
         "injected_per_row": (model, lambda: inject(model, adapters, spec)),
+        # The same without shared shrinks (q, k, v each their own): the before of that change.
+        "injected_per_row_unshared": (model, lambda: inject(model, adapters, spec, share_inputs=False)),
         "peft_single_adapter": (peft, nullcontext),
         "merged": (merged, nullcontext),
     }

@@ -1,0 +1,158 @@
+"""Shared shrinks (``hyperlora.shared_input``): which targets are grouped, that grouping saves shrinks,
+and that a grouped injection gives the dense merged-weight reference whatever the inputs do."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import SPEC, make_adapters, merged_copy, random_ids, select_rows
+from torch import Tensor, nn
+
+import hyperlora.shared_input as shared_input
+from hyperlora.injector import inject
+from hyperlora.lora import delta_weight
+from hyperlora.targets import find_targets
+from hyperlora.tiny import FAMILIES, tiny_model
+
+ATOL = 1e-5
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, ids: Tensor, adapters: dict | None = None, **kw: object) -> Tensor:
+    if adapters is None:
+        return model(ids).logits
+    with inject(model, adapters, SPEC, **kw):
+        return model(ids).logits
+
+
+def _learn(model: nn.Module, adapters: dict) -> None:
+    _logits(model, random_ids(adapters[next(iter(adapters))][0].shape[0], 5), adapters)
+
+
+def test_first_injection_learns_the_targets_that_read_one_tensor() -> None:
+    """Llama: q, k and v of each layer read the normed hidden states; o reads the attention output;
+    with every linear targeted, gate and up read one tensor too, down another."""
+    model = tiny_model("llama")
+    for targets, per_layer in ((None, [("q_proj", "k_proj", "v_proj")]),
+                               ("all-linear", [("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")])):
+        chosen = find_targets(model, targets)
+        names = [t.name for t in chosen]
+        assert shared_input.learned_groups(model, names) is None
+        _learn(model, make_adapters(chosen, 2))
+        groups = shared_input.learned_groups(model, names)
+        layers = model.config.num_hidden_layers
+        expected = {tuple(f"model.layers.{i}.{part}.{m}" for m in members)
+                    for i in range(layers) for members in per_layer
+                    for part in (("self_attn",) if members[0] == "q_proj" else ("mlp",))}
+        assert set(groups) == expected
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grouped_rows_equal_merged_weights(family: str) -> None:
+    """After learning, every row of a mixed batch equals the dense reference with its ΔW merged, and the
+    ungrouped injector's output, on every family (some have no groups: fused qkv)."""
+    model = tiny_model(family)
+    targets = find_targets(model, "all-linear")
+    adapters = make_adapters(targets, rows=3)
+    _learn(model, adapters)
+    ids = random_ids(3, 7)
+    grouped = _logits(model, ids, adapters)
+    separate = _logits(model, ids, adapters, share_inputs=False)
+    torch.testing.assert_close(grouped, separate, atol=ATOL, rtol=1e-4)
+    base = _logits(model, ids)
+    for i in range(3):
+        reference = _logits(merged_copy(model, select_rows(adapters, i), SPEC, targets), ids[i : i + 1])[0]
+        assert (reference - base[i]).abs().max() > 1e-2
+        torch.testing.assert_close(grouped[i], reference, atol=ATOL, rtol=1e-4)
+
+
+def test_groups_halve_the_shrinks_of_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """q, k, v, o per layer: four shrinks separately, two grouped (one for q/k/v, one for o) in short
+    steps; and the same greedy generation with beams (rows expanded), grouped or not."""
+    model = tiny_model("llama").eval()
+    adapters = make_adapters(find_targets(model), rows=2)
+    _learn(model, adapters)
+    calls: list[tuple[int, ...]] = []
+    real_bmm = torch.bmm
+
+    def counting_bmm(a: Tensor, b: Tensor, *args: object, **kwargs: object) -> Tensor:
+        calls.append(tuple(b.shape))
+        return real_bmm(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", counting_bmm)  # hooks bind torch.bmm when they are made
+    layers, ids = model.config.num_hidden_layers, random_ids(2, 6)
+    for share, shrinks in ((False, 4), (True, 2)):
+        calls.clear()
+        _logits(model, ids, adapters, share_inputs=share)
+        assert len(calls) == shrinks * layers
+    calls.clear()  # longer steps (a prefill, a forward) keep a shrink per target
+    _logits(model, random_ids(2, shared_input.MAX_TOKENS + 1), adapters)
+    assert len(calls) == 4 * layers
+    calls.clear()
+    _logits(model, ids, adapters)
+    rank = SPEC.rank
+    assert sorted({shape[-1] for shape in calls}) == [rank, 3 * rank]  # o alone; q|k|v together
+    outs = []
+    for share in (True, False):
+        with torch.no_grad(), inject(model, adapters, SPEC, share_inputs=share):
+            outs.append(model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4,
+                                       num_beams=2, num_return_sequences=2, do_sample=False, pad_token_id=0))
+    assert torch.equal(outs[0], outs[1])
+
+
+class Siblings(nn.Module):
+    """Two projections under one parent, fed one tensor or two, or one changed in place between them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 6, bias=False), nn.Linear(8, 5, bias=False)
+
+    def forward(self, x: Tensor, other: Tensor | None = None, scale_between: float | None = None) -> Tensor:
+        ya = self.a(x)
+        if scale_between is not None:
+            x.mul_(scale_between)
+        yb = self.b(x if other is None else other)
+        return torch.cat([ya, yb], dim=-1)
+
+
+def test_shared_shrink_is_used_only_for_the_tensor_it_was_made_from() -> None:
+    torch.manual_seed(0)
+    model = Siblings()
+    gen = torch.Generator().manual_seed(1)
+    adapters = {name: (torch.randn(3, 8, SPEC.rank, generator=gen), torch.randn(3, SPEC.rank, d, generator=gen))
+                for name, d in (("a", 6), ("b", 5))}
+    x, y = torch.randn(3, 4, 8), torch.randn(3, 4, 8)
+    with torch.no_grad(), inject(model, adapters, SPEC):
+        model(x)  # a and b read one tensor: learnt
+    assert shared_input.learned_groups(model, ["a", "b"]) == (("a", "b"),)
+
+    def reference(xa: Tensor, xb: Tensor) -> Tensor:
+        rows = []
+        for i in range(3):
+            wa = model.a.weight + delta_weight(adapters["a"][0][i], adapters["a"][1][i], SPEC.scaling)
+            wb = model.b.weight + delta_weight(adapters["b"][0][i], adapters["b"][1][i], SPEC.scaling)
+            rows.append(torch.cat([F.linear(xa[i], wa), F.linear(xb[i], wb)], dim=-1))
+        return torch.stack(rows)
+
+    with torch.no_grad(), inject(model, adapters, SPEC):
+        same = model(x)
+        different = model(x, other=y)  # b reads another tensor: its own shrink
+        changed = x.clone()
+        in_place = model(changed, scale_between=3.0)  # same object, changed in place between a and b
+    torch.testing.assert_close(same, reference(x, x), atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(different, reference(x, y), atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(in_place, reference(x, x * 3.0), atol=ATOL, rtol=1e-4)
+
+
+def test_memo_does_not_keep_models_alive() -> None:
+    model = tiny_model("llama")
+    adapters = make_adapters(find_targets(model), rows=1)
+    _learn(model, adapters)
+    assert model in shared_input._LEARNED
+    held = len(shared_input._LEARNED)
+    del model
+    gc.collect()
+    assert len(shared_input._LEARNED) == held - 1
