@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import SPEC, make_adapters, merged_copy, random_ids, select_rows
 from torch import Tensor, nn
 
-import hyperlora.shared_input as shared_input
+from hyperlora import shared_input
 from hyperlora.injector import inject
 from hyperlora.lora import delta_weight
 from hyperlora.targets import find_targets
