@@ -37,8 +37,6 @@ __all__ = ["AdapterBatch", "inject", "lora_forward_delta"]
 
 # target name -> (A [B, D, R], B [B, R, O])
 AdapterBatch = Mapping[str, tuple[Tensor, Tensor]]
-# A, B in the output's dtype; for a member of a group also its shared shrink and B [B, G·R, O] padded to it.
-_DecodeOperands = tuple[Tensor, Tensor, SharedShrink | None, Tensor | None]
 
 
 def _as_3d(t: Tensor) -> Tensor:
@@ -136,17 +134,13 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             self._expanded[key] = (A.repeat_interleave(k, dim=0), B.repeat_interleave(k, dim=0))
         return self._expanded[key]
 
-    def _decode_operands(self, name: str, rows: int, dtype: torch.dtype) -> _DecodeOperands:
-        """``A``, ``B`` in ``dtype``; for a member of a group also the group's shrink and its ``B`` padded to it."""
-        A, B = self._pair(name, rows)
-        A, B = A.to(dtype), B.to(dtype)
-        if name not in self._groups:
-            return A, B, None, None
+    def _shared_operands(self, name: str, rows: int, dtype: torch.dtype, B: Tensor) -> tuple[SharedShrink, Tensor]:
+        """A group member's shared shrink and its ``B`` (in ``dtype``) zero-padded to the group's rank."""
         group, index = self._groups[name]
         shared = self._shared.get((group, rows, dtype))
         if shared is None:
             shared = self._shared[(group, rows, dtype)] = SharedShrink([self._pair(n, rows)[0].to(dtype) for n in group])
-        return A, B, shared, shared.padded_b(index, B)
+        return shared, shared.padded_b(index, B)
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor]:
         scaling, p = self.spec.scaling, self.spec.dropout
@@ -156,7 +150,11 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         # (rows, dtype) -> operands in that dtype, for the no-graph path: cast once per injection,
         # not once per token (in training the cast must be part of each forward's graph). The
         # hook's own dict, so a decode step looks up one small dict around its kernels.
-        cast: dict[tuple[int, torch.dtype], _DecodeOperands] = {}
+        cast: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
+        # The same for short steps of a group member: built on the first one only, so that an
+        # injection that never decodes pays nothing for it.
+        short: dict[tuple[int, torch.dtype], tuple[SharedShrink, Tensor]] = {}
+        grouped = name in self._groups
         bmm, grad_enabled, tracing = torch.bmm, torch.is_grad_enabled, torch.compiler.is_compiling
         recorder = self._recorder
 
@@ -172,14 +170,17 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
                 # The decode path runs once per target per generated token, so it is kept to a
                 # dict lookup around the kernels; without a graph the output's storage is ours to
                 # add into.
-                dtype = output.dtype
-                A, B, shared, padded_b = cast.get((x.shape[0], dtype)) or cast.setdefault(
-                    (x.shape[0], dtype), self._decode_operands(name, x.shape[0], dtype))
-                if x.dtype != dtype:
-                    x = x.to(dtype)
-                if shared is not None and x.shape[1] <= SHARED_MAX_TOKENS:
-                    return output.baddbmm_(shared.shrink(x), padded_b, alpha=scaling)
-                return output.baddbmm_(bmm(x, A), B, alpha=scaling)
+                key = (x.shape[0], output.dtype)
+                pair = cast.get(key)
+                if pair is None:
+                    A, B = self._pair(name, key[0])
+                    pair = cast[key] = (A.to(key[1]), B.to(key[1]))
+                if x.dtype != key[1]:
+                    x = x.to(key[1])
+                if grouped and x.shape[1] <= SHARED_MAX_TOKENS:
+                    operands = short.get(key) or short.setdefault(key, self._shared_operands(name, *key, pair[1]))
+                    return output.baddbmm_(operands[0].shrink(x), operands[1], alpha=scaling)
+                return output.baddbmm_(bmm(x, pair[0]), pair[1], alpha=scaling)
             A, B = self._pair(name, x.shape[0])
             if drop:
                 x = F.dropout(x, p=p, training=True)
