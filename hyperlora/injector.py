@@ -86,6 +86,10 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             shrink between them (``hyperlora.shared_input``; which ones is learnt
             in the first injection into a model).
 
+    The adapters are read, and where needed copied (cast, expanded for beams,
+    concatenated for a shared shrink), for the whole injection: change them by
+    entering a new ``inject``, not in place inside one.
+
     Raises:
         ValueError: an unknown target, a shape that does not fit its module,
             adapters with different row counts, or (in the forward) a batch
@@ -175,11 +179,13 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
                 if pair is None:
                     A, B = self._pair(name, key[0])
                     pair = cast[key] = (A.to(key[1]), B.to(key[1]))
-                if x.dtype != key[1]:
-                    x = x.to(key[1])
-                if grouped and x.shape[1] <= SHARED_MAX_TOKENS:
+                # Shared only for tensors with a version counter (not inference-mode ones: their
+                # in-place changes go untracked), matched on the input as the module got it.
+                if grouped and x.shape[1] <= SHARED_MAX_TOKENS and not x.is_inference():
                     operands = short.get(key) or short.setdefault(key, self._shared_operands(name, *key, pair[1]))
                     return output.baddbmm_(operands[0].shrink(x), operands[1], alpha=scaling)
+                if x.dtype != key[1]:
+                    x = x.to(key[1])
                 return output.baddbmm_(bmm(x, pair[0]), pair[1], alpha=scaling)
             A, B = self._pair(name, x.shape[0])
             if drop:

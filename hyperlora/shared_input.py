@@ -106,10 +106,14 @@ class SharedShrink:
         return padded
 
     def shrink(self, x: Tensor) -> Tensor:
-        """``x A_full`` ``[B, T, G·R]``: reused if ``x`` is the tensor it was last computed from, unchanged."""
+        """``x A_full`` ``[B, T, G·R]``: reused if ``x`` is the tensor it was last computed from, unchanged.
+
+        ``x`` is the input as the module received it (not an inference-mode tensor: those have no
+        version); a cast to ``A``'s dtype happens here, once for the group.
+        """
         if self._input is not None and self._input() is x and self._version == x._version:
             return self._xa  # type: ignore[return-value]
-        xa = torch.bmm(x, self.A)
+        xa = torch.bmm(x if x.dtype == self.A.dtype else x.to(self.A.dtype), self.A)
         # A weak reference: holding the input would keep every layer's hidden states alive.
         self._input, self._version, self._xa = weakref.ref(x), x._version, xa
         return xa

@@ -156,3 +156,36 @@ def test_memo_does_not_keep_models_alive() -> None:
     del model
     gc.collect()
     assert len(shared_input._LEARNED) == held - 1
+
+
+def test_inference_mode_and_mixed_dtypes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torch.inference_mode (no version counters) the shrinks are not shared and nothing fails;
+    under autocast, where the inputs are in another dtype than the projections' outputs, they are
+    shared, matched on the input before its cast."""
+    model = tiny_model("llama").eval()
+    adapters = make_adapters(find_targets(model), rows=2)
+    _learn(model, adapters)
+    ids = random_ids(2, 6)
+    expected = _logits(model, ids, adapters, share_inputs=False)
+    with torch.inference_mode(), inject(model, adapters, SPEC):
+        torch.testing.assert_close(model(ids).logits, expected, atol=ATOL, rtol=1e-4)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
+                             pad_token_id=0)
+    assert out.shape == (2, 9)
+
+    calls: list[int] = []
+    real_bmm = torch.bmm
+
+    def counting_bmm(a: Tensor, b: Tensor, *args: object, **kwargs: object) -> Tensor:
+        calls.append(b.shape[-1])
+        return real_bmm(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", counting_bmm)
+    # Autocast: float32 hidden states into bfloat16 matmuls, so each hook casts its input.
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        shared_logits = _logits(model, ids, adapters)
+        assert len(calls) == 2 * model.config.num_hidden_layers  # one shrink for q, k, v; one for o
+        separate_logits = _logits(model, ids, adapters, share_inputs=False)
+    assert shared_logits.dtype == torch.bfloat16
+    torch.testing.assert_close(shared_logits.float(), separate_logits.float(), atol=0.05, rtol=0.02)
