@@ -1,15 +1,15 @@
 """Targets that read the same input tensor share one shrink: ``x [A_q | A_k | A_v]`` once, not three times.
 
-In most attention blocks q, k and v are three projections of one tensor. Without a graph (decoding,
-inference forwards) their adapters can share the shrink: one ``bmm`` with the members' ``A``
+In most attention blocks q, k and v are three projections of one tensor. In a decoding step without
+a graph their adapters can share the shrink: one ``bmm`` with the members' ``A``
 concatenated along the rank axis gives ``[B, T, G·R]``, and each member expands it with its ``B``
 zero-padded to ``G·R`` rows, so no slice of the shared result is ever taken. That saves one
 launch per extra member in every forward, which is what a decode step is bound by.
 
 Only steps of at most ``MAX_TOKENS`` tokens per row share (decoding, where launches are the cost).
-On an H100 the shared shrink made the GPU time of an 8 x 512 forward 1.3 % worse, not better
-(the expand with the padded ``B`` is a wider GEMM than the rank-R one, and reading ``x`` once
-instead of three times saves little there), so longer steps keep a shrink per target.
+On an H100 the shared shrink took 4 % off a decode step's GPU time but made an 8 x 512 forward's
+1.3 % worse (run 9 of the README's history; the expands with the padded ``B`` are wider GEMMs), so
+longer steps keep a shrink per target.
 
 Which targets share their input is learnt, not assumed from names: the first injection into a
 model records the tensor each target received, and siblings (same parent module, same in-features)
