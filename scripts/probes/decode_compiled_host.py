@@ -9,73 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch._dynamo
-from torch import Tensor
+from static_decode import CUDA, NEW, SIZE, SPEC, adapters, generate, model, per_token_ms, sync
 from torch._dynamo.utils import counters
-from transformers import CompileConfig, StaticCache
 
 from hyperlora.atomic import atomic_write_text
-from hyperlora.bench.common import SIZES, build_model, random_adapters
 from hyperlora.injector import inject
-from hyperlora.lora import LoRASpec
-from hyperlora.targets import find_targets
-
-torch._dynamo.config.skip_nnmodule_hook_guards = False
-
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-DTYPE = torch.bfloat16 if CUDA else torch.float32
-SIZE = SIZES[sys.argv[1] if len(sys.argv) > 1 else ("full" if CUDA else "tiny")]
-BACKEND = "inductor" if CUDA else "eager"
-SPEC = LoRASpec(rank=16, alpha=32.0, dropout=0.0)
-ROWS, PROMPT, NEW = SIZE.decode_batch, SIZE.decode_prompt, SIZE.decode_new
-
-model = build_model(SIZE, DTYPE, DEVICE)
-targets = find_targets(model)
-ids = torch.randint(3, SIZE.vocab, (ROWS, PROMPT), generator=torch.Generator().manual_seed(0)).to(DEVICE)
-mask = torch.ones_like(ids)
-adapters = random_adapters(targets, ROWS, SPEC.rank, DTYPE, DEVICE)
-for A, B in adapters.values():
-    torch._dynamo.mark_static_address(A)
-    torch._dynamo.mark_static_address(B)
-cache = StaticCache(config=model.config, max_cache_len=PROMPT + NEW)
-compile_config = CompileConfig(backend=BACKEND, fullgraph=False)
-compile_config._compile_all_devices = True
-
-
-def sync() -> None:
-    if CUDA:
-        torch.cuda.synchronize()
-
-
-def generate(new: int) -> Tensor:
-    cache.reset()
-    with torch.no_grad():
-        return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                              do_sample=False, pad_token_id=0, past_key_values=cache, compile_config=compile_config)
-
-
-def per_token_ms(repeats: int = 7) -> float:
-    samples = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        generate(1)
-        sync()
-        one = time.perf_counter() - start
-        start = time.perf_counter()
-        generate(NEW)
-        sync()
-        samples.append(((time.perf_counter() - start) - one) / (NEW - 1) * 1000)
-    return round(statistics.median(samples), 4)
 
 
 def cpu_ops(new: int) -> tuple[Counter[str], Counter[str]]:
@@ -102,15 +45,15 @@ def step_ops() -> dict[str, Counter[str]]:
 
 report: dict[str, Any] = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "size": SIZE.__dict__}
 generate(NEW), generate(NEW)
-report["base_ms"] = per_token_ms()
+report["base_ms"] = per_token_ms(7)
 base_ops = step_ops()
 with inject(model, adapters, SPEC):
     generate(NEW), generate(NEW)
-    report["injected_ms"] = per_token_ms()
+    report["injected_ms"] = per_token_ms(7)
     inj_ops = step_ops()
-report["base_again_ms"] = per_token_ms()
+report["base_again_ms"] = per_token_ms(7)
 with inject(model, adapters, SPEC):
-    report["injected_again_ms"] = per_token_ms()
+    report["injected_again_ms"] = per_token_ms(7)
 report["counters"] = {k: dict(v) for k, v in counters.items() if k in ("stats", "recompiles", "graph_break")}
 report["step_self_cpu_us"] = {"base": round(sum(base_ops["us"].values()), 1),
                               "injected": round(sum(inj_ops["us"].values()), 1)}

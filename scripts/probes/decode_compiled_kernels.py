@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,37 +21,13 @@ from typing import Any
 
 import torch
 import torch._dynamo
+from static_decode import CUDA, NEW, PROMPT, SIZE, SPEC, adapters, generate, model, per_token_ms, sync
 from torch import Tensor
-from transformers import CompileConfig, StaticCache
 
 from hyperlora.atomic import atomic_write_text
-from hyperlora.bench.common import SIZES, build_model, random_adapters
 from hyperlora.injector import inject
-from hyperlora.lora import LoRASpec
-from hyperlora.targets import find_targets
 
-torch._dynamo.config.skip_nnmodule_hook_guards = False
-torch._dynamo.config.cache_size_limit = 64
-
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-DTYPE = torch.bfloat16 if CUDA else torch.float32
-SIZE = SIZES[sys.argv[1] if len(sys.argv) > 1 else ("full" if CUDA else "tiny")]
-BACKEND = "inductor" if CUDA else "eager"
-SPEC = LoRASpec(rank=16, alpha=32.0, dropout=0.0)
-ROWS, PROMPT, NEW = SIZE.decode_batch, SIZE.decode_prompt, SIZE.decode_new
-
-model = build_model(SIZE, DTYPE, DEVICE)
-targets = find_targets(model)
-ids = torch.randint(3, SIZE.vocab, (ROWS, PROMPT), generator=torch.Generator().manual_seed(0)).to(DEVICE)
-mask = torch.ones_like(ids)
-adapters = random_adapters(targets, ROWS, SPEC.rank, DTYPE, DEVICE)
-for A, B in adapters.values():
-    torch._dynamo.mark_static_address(A)
-    torch._dynamo.mark_static_address(B)
-cache = StaticCache(config=model.config, max_cache_len=PROMPT + NEW)
-compile_config = CompileConfig(backend=BACKEND, fullgraph=False)
-compile_config._compile_all_devices = True
+torch._dynamo.config.cache_size_limit = 64  # three variants of one frame
 
 
 class PointwiseInject(inject):
@@ -70,34 +44,6 @@ class PointwiseInject(inject):
             return output.add_(delta, alpha=scaling)
 
         return hook
-
-
-def sync() -> None:
-    if CUDA:
-        torch.cuda.synchronize()
-
-
-def generate(new: int) -> Tensor:
-    cache.reset()
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                             do_sample=False, pad_token_id=0, past_key_values=cache, compile_config=compile_config)
-    return out[:, PROMPT:]
-
-
-def per_token_ms(repeats: int = 5) -> float:
-    samples = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        generate(1)
-        sync()
-        one = time.perf_counter() - start
-        start = time.perf_counter()
-        generate(NEW)
-        sync()
-        samples.append(((time.perf_counter() - start) - one) / (NEW - 1) * 1000)
-    return round(statistics.median(samples), 4)
 
 
 def kernels(new: int) -> tuple[Counter[str], Counter[str]]:
@@ -131,7 +77,7 @@ def measure(label: str) -> dict[str, Any]:
         result["kernels_per_token"] = round(sum(step_c.values()), 1)
         top = sorted(step_t.items(), key=lambda kv: -kv[1])[:14]
         result["top_kernels_us_per_token"] = {k: [round(v, 2), round(step_c[k], 2)] for k, v in top}
-    result["tokens"] = generate(NEW)
+    result["tokens"] = generate(NEW)[:, PROMPT:]
     print(label, json.dumps({k: v for k, v in result.items() if k != "tokens"}), flush=True)
     return result
 
