@@ -54,8 +54,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         return _call(name, new_tokens, compiled).sequences[:, prompt:]
 
     def _call(name: str, new_tokens: int, compiled: bool, logits: bool = False) -> Any:
-        kwargs: dict[str, Any] = {"output_logits": True, "return_dict_in_generate": True} if logits else {
-            "return_dict_in_generate": True}
+        kwargs: dict[str, Any] = {"return_dict_in_generate": True, "output_logits": logits}
         if compiled:
             cache.reset()
             kwargs.update(past_key_values=cache, compile_config=compile_config)
