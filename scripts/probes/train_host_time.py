@@ -11,6 +11,7 @@ the self CPU time per op of one forward + backward against the base's (profiler)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -46,17 +47,10 @@ def loss_of(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m(inputs_embeds=x, use_cache=False).logits.float().mean()
 
 
-def base(backward: bool) -> Callable[[], None]:
+def step(injector: type[inject] | None, backward: bool) -> Callable[[], None]:
+    """One forward (and backward) of the student, bare (``injector=None``) or under ``injector``."""
     def fn() -> None:
-        loss = loss_of(model, embeds.clone().requires_grad_(True))
-        if backward:
-            loss.backward()
-    return fn
-
-
-def injected(backward: bool) -> Callable[[], None]:
-    def fn() -> None:
-        with inject(model, trainable, SPEC):
+        with injector(model, trainable, SPEC) if injector else contextlib.nullcontext():
             loss = loss_of(model, embeds.clone().requires_grad_(True))
         if backward:
             loss.backward()
@@ -93,22 +87,13 @@ class FunctionInject(inject):
         return hook
 
 
-def function_injected(backward: bool) -> Callable[[], None]:
-    def fn() -> None:
-        with FunctionInject(model, trainable, SPEC):
-            loss = loss_of(model, embeds.clone().requires_grad_(True))
-        if backward:
-            loss.backward()
-    return fn
-
-
 def check_function_gradients() -> float:
     """Max abs difference of the A/B gradients, custom Function against autograd's (relative to their max)."""
     grads = []
-    for make in (injected, function_injected):
+    for injector in (inject, FunctionInject):
         for A, B in trainable.values():
             A.grad = B.grad = None
-        make(True)()
+        step(injector, True)()
         grads.append(torch.cat([t.grad.flatten().float() for pair in trainable.values() for t in pair]))
     return round(float((grads[0] - grads[1]).abs().max() / grads[0].abs().max()), 6)
 
@@ -128,11 +113,10 @@ def ops(fn: Callable[[], None]) -> tuple[Counter[str], Counter[str]]:
 
 
 timing = {"device": DEVICE, "warmup": 2, "iters": 3 if CUDA else 2, "repeats": 5 if CUDA else 3}
-fns: dict[str, Callable[[], None]] = {"base_forward": base(False), "base_forward_backward": base(True),
-                                      "injected_forward": injected(False),
-                                      "injected_forward_backward": injected(True),
-                                      "function_forward": function_injected(False),
-                                      "function_forward_backward": function_injected(True)}
+fns: dict[str, Callable[[], None]] = {f"{name}_{part}": step(injector, part == "forward_backward")
+                                      for name, injector in (("base", None), ("injected", inject),
+                                                             ("function", FunctionInject))
+                                      for part in ("forward", "forward_backward")}
 report: dict[str, Any] = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "size": SIZE.__dict__,
                           "targets": len(targets)}
 report["function_grad_rel_diff"] = check_function_gradients()
@@ -146,7 +130,7 @@ report["self_cpu_ms"] = {"base": round(sum(base_t.values()) / 1000, 3), "injecte
 diff = {k: (round((inj_t[k] - base_t.get(k, 0)) / 1000, 3), inj_c[k] - base_c.get(k, 0)) for k in inj_t}
 report["injected_minus_base_top_ms_and_calls"] = dict(sorted(diff.items(), key=lambda kv: -abs(kv[1][0]))[:25])
 peft = wrap_lora(copy.deepcopy(model), targets, SPEC)  # wraps in place: a copy, the base stays bare
-peft_fns = {"base_forward_backward": base(True),
+peft_fns = {"base_forward_backward": step(None, True),
             "peft_forward_backward": lambda: loss_of(peft, embeds.clone().requires_grad_(True)).backward()}
 report["peft_wall_ms"] = {k: round(v, 3) for k, v in time_interleaved(peft_fns, **timing).items()}
 print(json.dumps(report, default=str), flush=True)
