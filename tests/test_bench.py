@@ -20,6 +20,7 @@ import torch
 from hyperlora import cli
 from hyperlora.bench import main as bench_main
 from hyperlora.bench.common import SIZES
+from hyperlora.bench.timing import paired_ratios
 
 ALL = ["injector", "generator", "decode", "decode_compiled", "train_step"]
 
@@ -97,6 +98,33 @@ def test_decode_removes_prefill_and_checks_tokens(report: dict) -> None:
         check["row0_decode_step_logits_max_abs_diff_vs_merged"], 1e-6)
     assert check["row0_prefill_logits_max_abs_diff_base_vs_merged"] > 100 * max(
         check["row0_prefill_logits_max_abs_diff_vs_merged"], 1e-6)
+
+
+def test_paired_ratios_recomputed_from_the_reported_calls(report: dict) -> None:
+    """Both decode sections: each paired ratio is the median over repeats of the variant's per-token
+    time over the base's in the same repeat, from the whole-call times the report stores."""
+    new = SIZES["tiny"].decode_new
+    for name in ("decode", "decode_compiled"):
+        section = report["sections"][name]
+        assert set(section["paired_ratios"]) == set(section["ratios"]), name
+        calls = section["generate_ms"]
+        per_token = {k: [(f - o) / (new - 1) for o, f in zip(c["new_tokens_1"], c[f"new_tokens_{new}"], strict=True)]
+                     for k, c in calls.items()}
+        for variant, value in section["paired_ratios"].items():
+            quotients = [v / b for v, b in zip(per_token[variant], per_token["base"], strict=True)]
+            assert value == pytest.approx(statistics.median(quotients), abs=1e-4), (name, variant)
+
+
+def test_paired_ratio_divides_within_repeats() -> None:
+    """The median of per-repeat quotients, not the quotient of medians: a repeat in which the host
+    slowed the base and the variant alike (the second) is one quotient of 1.0, not a shifted median."""
+    base, variant = [10.0, 30.0, 12.0], [12.0, 30.0, 24.0]
+    assert paired_ratios({"v": variant, "base": base}, {"v": "base"}) == {"v": 1.2}  # 1.2, 1.0, 2.0
+    assert statistics.median(variant) / statistics.median(base) == 2.0
+    with pytest.raises(ValueError, match="no repeats"):
+        paired_ratios({"v": [], "base": []}, {"v": "base"})
+    with pytest.raises(ValueError):  # a variant timed in fewer repeats than its baseline
+        paired_ratios({"v": [1.0], "base": [1.0, 2.0]}, {"v": "base"})
 
 
 def test_compiled_decode_compiles_once_and_decodes_like_eager(report: dict) -> None:

@@ -68,3 +68,14 @@ def test_decode_compiled_host_probe(tmp_path: Path) -> None:
     r = _probe("decode_compiled_host.py", tmp_path)
     assert r["counters"].get("graph_break", {}) == {}  # the hooks trace without breaking the graph
     assert min(r["base_ms"], r["injected_ms"], r["base_again_ms"], r["injected_again_ms"]) > 0
+
+
+@pytest.mark.slow
+def test_shrink_layouts_probe(tmp_path: Path) -> None:
+    r = _probe("shrink_layouts.py", tmp_path)
+    for O in (2048, 1024):
+        # The dense mm over every row's A side by side, read through a strided view per row (and per
+        # group member), is the batched shrink: the probe times equal work.
+        assert r[f"O{O}_max_abs_block_view_vs_bmm"] < 1e-4
+        assert r[f"O{O}_max_abs_group_block_view_vs_bmm"] < 1e-4
+        assert all(us > 0 for us in r[f"O{O}_us"].values())

@@ -6,6 +6,9 @@ stops early). Prefill is removed by difference::
 
     per-token ms = (t(N new tokens) - t(1 new token)) / (N - 1)     (each repeat; median over repeats)
 
+``ratios`` divide those medians; ``paired_ratios`` divide within each repeat first and take the
+median of the quotients (``timing.paired_ratios``), which host noise moves less.
+
 ``generate`` with one new token runs the prefill and picks one token; with N it
 runs the same prefill and N - 1 decode steps, so the difference is N - 1 decode
 steps (each one forward on ``[B, 1]`` with the cache plus generate's own per-step
@@ -43,14 +46,14 @@ import torch
 from torch import Tensor, nn
 
 from hyperlora.bench.common import Adapters, BenchContext, merged_model, peft_model, random_adapters
-from hyperlora.bench.timing import device_kernels, figures, kernel_ratio, rotation, time_ms
+from hyperlora.bench.timing import device_kernels, figures, kernel_ratio, paired_ratios, rotation, time_ms
 from hyperlora.injector import inject
 from hyperlora.targets import Target, find_targets
 
-__all__ = ["METHOD", "decode_inputs", "kernels_per_token", "run", "time_per_token"]
+__all__ = ["METHOD", "decode_inputs", "kernels_per_token", "per_repeat", "run", "time_per_token"]
 
 METHOD = ("per-token = (t(prompt + N new) - t(prompt + 1 new)) / (N - 1) per repeat, variants interleaved, "
-          "median over repeats")
+          "median over repeats; paired_ratios: median over repeats of the per-token quotient within the repeat")
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
@@ -110,6 +113,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "shape": {"batch": rows, "prompt_tokens": prompt, "new_tokens": new, "rank": spec.rank,
                   "targets": len(targets), "adapter_per_row": True},
         **figures(per_token, {name: "base" for name in variants if name != "base"}),
+        "paired_ratios": paired_ratios(per_repeat(generate_ms, new), {name: "base" for name in names if name != "base"}),
         "generate_ms": generate_ms,
         "kernel_ms_per_token": kernels,
         "kernel_ratios": {name: kernel_ratio(kernels[name], kernels["base"]) for name in names if name != "base"},
@@ -168,6 +172,12 @@ def time_per_token(generate: Callable[[str, int], Tensor], names: list[str], new
     generate_ms = {name: {"new_tokens_1": [round(t, 4) for t in c["one"]],
                           f"new_tokens_{new}": [round(t, 4) for t in c["full"]]} for name, c in calls.items()}
     return per_token, generate_ms
+
+
+def per_repeat(generate_ms: dict[str, dict[str, list[float]]], new: int) -> dict[str, list[float]]:
+    """``{name: per-token ms of each repeat}`` from ``time_per_token``'s whole-call times (as reported)."""
+    return {name: [(full - one) / (new - 1) for full, one in zip(c[f"new_tokens_{new}"], c["new_tokens_1"], strict=True)]
+            for name, c in generate_ms.items()}
 
 
 def kernels_per_token(generate: Callable[[str, int], Tensor], names: list[str], new: int,

@@ -26,8 +26,8 @@ import torch._dynamo
 from torch import Tensor
 
 from hyperlora.bench.common import BenchContext
-from hyperlora.bench.decode import METHOD, decode_inputs, kernels_per_token, time_per_token
-from hyperlora.bench.timing import figures, kernel_ratio, sync
+from hyperlora.bench.decode import METHOD, decode_inputs, kernels_per_token, per_repeat, time_per_token
+from hyperlora.bench.timing import figures, kernel_ratio, paired_ratios, sync
 from hyperlora.compiled import guard_hooks_in_compiled_code
 from hyperlora.injector import inject
 
@@ -104,6 +104,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "shape": {"batch": rows, "prompt_tokens": prompt, "new_tokens": new, "rank": spec.rank,
                   "targets": len(targets), "adapter_per_row": True, "cache": "static"},
         **figures(per_token, {"injected_per_row": "base"}),
+        "paired_ratios": paired_ratios(per_repeat(generate_ms, new), {"injected_per_row": "base"}),
         "generate_ms": generate_ms,
         "kernel_ms_per_token": kernels,
         "kernel_ratios": {"injected_per_row": kernel_ratio(kernels["injected_per_row"], kernels["base"])},

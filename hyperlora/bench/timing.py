@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 __all__ = ["device_kernels", "device_ms", "device_name", "figures", "free_cached_memory", "kernel_ratio",
-           "peak_memory_mib", "reset_peak_memory", "rotation", "sync", "time_interleaved", "time_ms"]
+           "paired_ratios", "peak_memory_mib", "reset_peak_memory", "rotation", "sync", "time_interleaved", "time_ms"]
 
 
 def sync(device: torch.device) -> None:
@@ -151,3 +151,22 @@ def figures(times: Mapping[str, float], baselines: Mapping[str, str]) -> dict[st
             raise ValueError(f"baseline {base!r} took {stored[base]} ms: too short to divide by; use a larger --size")
     ratios = {name: round(stored[name] / stored[base], 4) for name, base in baselines.items()}
     return {"times_ms": stored, "ratios": ratios, "baselines": dict(baselines)}
+
+
+def paired_ratios(samples: Mapping[str, list[float]], baselines: Mapping[str, str]) -> dict[str, float]:
+    """``{name: median over repeats of samples[name][r] / samples[baseline][r]}``, rounded.
+
+    Each repeat times every variant back to back, so a variant and its baseline in one repeat
+    share the host's state of the moment; dividing within the repeat cancels what is common to
+    both before the median. On the lent GPU hosts whole decode calls varied by up to 1.7x from
+    one repeat to the next: there the ratio of two medians moved the merged control (the base's
+    own work, ideally 1.0) between 0.91 and 1.07 across runs 7-11, the paired ratio between
+    0.98 and 1.04 (README, Performance).
+    """
+    ratios = {}
+    for name, base in baselines.items():
+        pairs = [value / reference for value, reference in zip(samples[name], samples[base], strict=True)]
+        if not pairs:
+            raise ValueError(f"paired ratio {name!r} / {base!r}: no repeats")
+        ratios[name] = round(statistics.median(pairs), 4)
+    return ratios
