@@ -163,7 +163,7 @@ def paired_ratios(samples: Mapping[str, list[float]], baselines: Mapping[str, st
     own work, ideally 1.0) between 0.91 and 1.07 across runs 7-11, the paired ratio between
     0.98 and 1.04 (README, Performance).
     """
-    ratios = {}
+    ratios: dict[str, float] = {}
     for name, base in baselines.items():
         pairs = [value / reference for value, reference in zip(samples[name], samples[base], strict=True)]
         if not pairs:

@@ -70,45 +70,55 @@ def block_view(full: Tensor, rows: int, rank: int, offset: int = 0) -> Tensor:
     return full.as_strided((rows, 1, rank), (width + rank, width, 1), full.storage_offset() + offset)
 
 
-report: dict[str, object] = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "rows": ROWS, "D": D,
-                             "R": R}
-x = torch.randn(ROWS, 1, D, device=dev, dtype=dt)
-for O in (2048, 1024):
+def measure(x: Tensor, O: int) -> tuple[dict[str, float], dict[str, float]]:
+    """``({variant: µs per call}, {check: max abs difference})`` for ``O`` out-features.
+
+    Shapes: x ``[ROWS, 1, D]``; A ``[ROWS, D, R]``; the group's A ``[ROWS, D, G·R]``; B ``[ROWS, R, O]``.
+    """
     A = torch.randn(ROWS, D, R, device=dev, dtype=dt) * 0.02
     Ag = torch.randn(ROWS, D, G * R, device=dev, dtype=dt) * 0.02
     B = torch.randn(ROWS, R, O, device=dev, dtype=dt) * 0.02
     Bpad = torch.zeros(ROWS, G * R, O, device=dev, dtype=dt)
     Bpad[:, :R] = B
     out = torch.randn(ROWS, 1, O, device=dev, dtype=dt)
-    xa = torch.bmm(x, A)
-    xag = torch.bmm(x, Ag)
-    A_all = A.permute(1, 0, 2).reshape(D, ROWS * R).contiguous()
-    Ag_all = torch.cat([A_all] * G, dim=1).contiguous()
+    W = torch.randn(O, D, device=dev, dtype=dt)
+    xa, xag = torch.bmm(x, A), torch.bmm(x, Ag)
+    A_d, Ag_d, B_r = d_contiguous(A), d_contiguous(Ag), d_contiguous(B)
+    A_all = A.permute(1, 0, 2).reshape(D, ROWS * R).contiguous()  # [D, ROWS·R]: row b's A at columns b·R
+    A_all_t = A_all.t().contiguous()
+    Ag_all = torch.cat([A_all] * G, dim=1).contiguous()  # member-major: member i's rows at i·ROWS·R
     x2 = x.view(ROWS, D)
-    full = x2 @ A_all
-    fullg = x2 @ Ag_all
-    # The dense forms' block views give the batched shrinks (member 1 of the group: its second block).
-    report[f"O{O}_max_abs_block_view_vs_bmm"] = float((block_view(full, ROWS, R) - xa).abs().max())
-    report[f"O{O}_max_abs_group_block_view_vs_bmm"] = float(
-        (block_view(fullg, ROWS, R, offset=ROWS * R) - torch.bmm(x, A)).abs().max())
+    full, fullg = x2 @ A_all, x2 @ Ag_all
     buf = torch.empty(ROWS, ROWS * R, device=dev, dtype=dt)
     view = block_view(full, ROWS, R)
-    res = {
+    # The dense forms' block views give the batched shrinks (member 1 of the group: its second block).
+    checks = {"max_abs_block_view_vs_bmm": float((view - xa).abs().max()),
+              "max_abs_group_block_view_vs_bmm": float((block_view(fullg, ROWS, R, offset=ROWS * R) - xa).abs().max())}
+    times = {
         "shrink_bmm_r_contiguous": graph_us(lambda: torch.bmm(x, A)),
-        "shrink_bmm_d_contiguous": graph_us(lambda A=d_contiguous(A): torch.bmm(x, A)),
+        "shrink_bmm_d_contiguous": graph_us(lambda: torch.bmm(x, A_d)),
         "shrink_group_bmm_r_contiguous": graph_us(lambda: torch.bmm(x, Ag)),
-        "shrink_group_bmm_d_contiguous": graph_us(lambda A=d_contiguous(Ag): torch.bmm(x, A)),
+        "shrink_group_bmm_d_contiguous": graph_us(lambda: torch.bmm(x, Ag_d)),
         "shrink_dense_mm": graph_us(lambda: torch.mm(x2, A_all)),
         "shrink_dense_mm_out": graph_us(lambda: torch.mm(x2, A_all, out=buf)),
         "shrink_group_dense_mm": graph_us(lambda: torch.mm(x2, Ag_all)),
-        "shrink_dense_mm_t": graph_us(lambda At=A_all.t().contiguous(): torch.mm(x2, At.t())),
+        "shrink_dense_mm_t": graph_us(lambda: torch.mm(x2, A_all_t.t())),
         "expand_baddbmm": graph_us(lambda: out.baddbmm_(xa, B, alpha=2.0)),
         "expand_baddbmm_padded": graph_us(lambda: out.baddbmm_(xag, Bpad, alpha=2.0)),
         "expand_baddbmm_view": graph_us(lambda: out.baddbmm_(view, B, alpha=2.0)),
-        "expand_baddbmm_b_r_contiguous": graph_us(lambda Bt=d_contiguous(B): out.baddbmm_(xa, Bt, alpha=2.0)),
-        "linear_base": graph_us(lambda W=torch.randn(O, D, device=dev, dtype=dt): torch.nn.functional.linear(x, W)),
+        "expand_baddbmm_b_r_contiguous": graph_us(lambda: out.baddbmm_(xa, B_r, alpha=2.0)),
+        "linear_base": graph_us(lambda: torch.nn.functional.linear(x, W)),
     }
-    report[f"O{O}_us"] = res
-    print(O, json.dumps(res), flush=True)
+    return times, checks
+
+
+report: dict[str, object] = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "rows": ROWS, "D": D,
+                             "R": R}
+inputs = torch.randn(ROWS, 1, D, device=dev, dtype=dt)
+for out_features in (2048, 1024):
+    us, diffs = measure(inputs, out_features)
+    report[f"O{out_features}_us"] = us
+    report.update({f"O{out_features}_{name}": value for name, value in diffs.items()})
+    print(out_features, json.dumps(us), flush=True)
 if os.environ.get("OUT"):
     atomic_write_text(Path(os.environ["OUT"]) / "shrink_layouts.json", json.dumps(report, indent=1) + "\n")
