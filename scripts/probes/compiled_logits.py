@@ -14,19 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from probe_setup import CUDA, DEVICE, DTYPE, SIZE, SPEC
 from torch import Tensor
 
 from hyperlora.atomic import atomic_write_text
-from hyperlora.bench.common import SIZES, build_model, random_adapters
+from hyperlora.bench.common import build_model, random_adapters
 from hyperlora.injector import inject
-from hyperlora.lora import LoRASpec
 from hyperlora.targets import find_targets
-
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-DTYPE = torch.bfloat16 if CUDA else torch.float32
-SIZE = SIZES["full" if CUDA else "tiny"]
-SPEC = LoRASpec(rank=16, alpha=32.0, dropout=0.0)
 
 model = build_model(SIZE, DTYPE, DEVICE)
 targets = find_targets(model)

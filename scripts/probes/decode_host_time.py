@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,20 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from probe_setup import CUDA, DEVICE, DTYPE, SIZE, SPEC
 from torch import Tensor, nn
 from transformers import DynamicCache
 
 from hyperlora.atomic import atomic_write_text
-from hyperlora.bench.common import SIZES, build_model, random_adapters
+from hyperlora.bench.common import build_model, random_adapters
 from hyperlora.injector import inject
-from hyperlora.lora import LoRASpec
 from hyperlora.targets import find_targets
 
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-DTYPE = torch.bfloat16 if CUDA else torch.float32
-SIZE = SIZES[sys.argv[1] if len(sys.argv) > 1 else ("full" if CUDA else "tiny")]
-SPEC = LoRASpec(rank=16, alpha=32.0, dropout=0.0)
 ROWS, D, R = SIZE.decode_batch, SIZE.hidden, SPEC.rank
 CALLS = 2000 if CUDA else 200
 

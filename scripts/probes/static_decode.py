@@ -9,27 +9,21 @@ folder is on ``sys.path``). ``SIZE`` is the first command-line argument, as in t
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 
 import torch
 import torch._dynamo
+from probe_setup import CUDA, DEVICE, DTYPE, SIZE, SPEC
 from torch import Tensor
 from transformers import CompileConfig, StaticCache
 
-from hyperlora.bench.common import SIZES, build_model, random_adapters
-from hyperlora.lora import LoRASpec
+from hyperlora.bench.common import build_model, random_adapters
 from hyperlora.targets import find_targets
 
 # What inject() sets on entry; set first so that entry has no compile cache to clear.
 torch._dynamo.config.skip_nnmodule_hook_guards = False
 
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-DTYPE = torch.bfloat16 if CUDA else torch.float32
-SIZE = SIZES[sys.argv[1] if len(sys.argv) > 1 else ("full" if CUDA else "tiny")]
 BACKEND = "inductor" if CUDA else "eager"
-SPEC = LoRASpec(rank=16, alpha=32.0, dropout=0.0)
 ROWS, PROMPT, NEW = SIZE.decode_batch, SIZE.decode_prompt, SIZE.decode_new
 
 model = build_model(SIZE, DTYPE, DEVICE)

@@ -15,26 +15,19 @@ import contextlib
 import copy
 import json
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from probe_setup import CUDA, DEVICE, DTYPE, SIZE, SPEC
 
 from hyperlora.atomic import atomic_write_text
-from hyperlora.bench.common import SIZES, build_model, random_adapters, wrap_lora
+from hyperlora.bench.common import build_model, random_adapters, wrap_lora
 from hyperlora.bench.timing import device_kernels, time_interleaved
 from hyperlora.injector import inject
-from hyperlora.lora import LoRASpec
 from hyperlora.targets import find_targets
-
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-DTYPE = torch.bfloat16 if CUDA else torch.float32
-SIZE = SIZES[sys.argv[1] if len(sys.argv) > 1 else ("full" if CUDA else "tiny")]
-SPEC = LoRASpec(rank=16, alpha=32.0, dropout=0.0)
 
 model = build_model(SIZE, DTYPE, DEVICE)
 targets = find_targets(model)
