@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hyperlora.lora import LoRASpec
+from hyperlora.lora import AdapterBatch, LoRASpec
 from hyperlora.targets import Target
 
 __all__ = ["AdapterStats", "adapter_stats", "delta_singular_values", "effective_rank", "format_table"]
@@ -50,7 +50,7 @@ class AdapterStats:
     effective_rank: float
 
 
-def adapter_stats(targets: list[Target], adapters: dict[str, tuple[Tensor, Tensor]], spec: LoRASpec,
+def adapter_stats(targets: list[Target], adapters: AdapterBatch, spec: LoRASpec,
                   row: int = 0, top_k: int = 4) -> list[AdapterStats]:
     """One ``AdapterStats`` per target for row ``row`` of a batch of adapters."""
     rows = []

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from hyperlora.atomic import atomic_directory
 from hyperlora.encoder import check_prompts
-from hyperlora.lora import delta_weight
+from hyperlora.lora import AdapterBatch, delta_weight
 from hyperlora.model import HyperLoRA
 
 __all__ = ["export_peft", "merge", "peft_state_dict", "main", "merge_main"]
@@ -29,7 +29,7 @@ PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 @torch.no_grad()
-def _adapter(hyper: HyperLoRA, prompt: str) -> dict[str, tuple[Tensor, Tensor]]:
+def _adapter(hyper: HyperLoRA, prompt: str) -> AdapterBatch:
     """``{target name: (A [D, R], B [R, O])}`` for one prompt."""
     check_prompts([prompt])
     return {name: (A[0], B[0]) for name, (A, B) in hyper.adapters([prompt]).items()}

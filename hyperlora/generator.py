@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hyperlora.lora import LoRASpec
+from hyperlora.lora import AdapterBatch, LoRASpec
 from hyperlora.targets import Target, group_by_shape
 
 __all__ = ["GeneratorConfig", "ShapeGroupedLoRAGenerator"]
@@ -112,12 +112,12 @@ class ShapeGroupedLoRAGenerator(nn.Module):
         )
         self.heads = nn.ModuleList(_GroupHead(d_in, d_out, spec, config) for d_in, d_out in self.group_keys)
 
-    def forward(self, c: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    def forward(self, c: Tensor) -> AdapterBatch:
         """``c [B, d_ctx]`` -> ``{name: (A [B, D, R], B [B, R, O])}`` (views into group tensors)."""
         targets = torch.cat([self.layer_emb(self._layer_ids), self.kind_emb(self._kind_ids)], dim=-1)  # [N, 2E]
         h = self.from_ctx(c).unsqueeze(1) + self.from_target(targets).unsqueeze(0)  # [B, N, H]
         h = self.trunk(h)
-        by_name: dict[str, tuple[Tensor, Tensor]] = {}
+        by_name: AdapterBatch = {}
         for g, head in enumerate(self.heads):
             A, B = head(h.index_select(1, getattr(self, f"_rows_{g}")))  # [B, n, D, R], [B, n, R, O]
             for j, name in enumerate(self.group_names[g]):

@@ -18,7 +18,7 @@ compiled earlier does not run without its adapters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,16 +28,12 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from hyperlora.compiled import guard_hooks_in_compiled_code
-from hyperlora.lora import LoRASpec
+from hyperlora.lora import AdapterBatch, LoRASpec
 from hyperlora.shared_input import MAX_TOKENS as SHARED_MAX_TOKENS
 from hyperlora.shared_input import InputRecorder, SharedShrink, candidate_groups, learned_groups, remember_groups
 from hyperlora.targets import Conv1D, linear_features
 
-__all__ = ["AdapterBatch", "inject", "lora_forward_delta"]
-
-# target name -> (A [B, D, R], B [B, R, O])
-AdapterBatch = Mapping[str, tuple[Tensor, Tensor]]
-
+__all__ = ["inject", "lora_forward_delta"]
 
 def _as_3d(t: Tensor) -> Tensor:
     return t.unsqueeze(1) if t.dim() == 2 else t
@@ -287,7 +283,7 @@ def _resolve(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
     return modules
 
 
-def _validate(modules: dict[str, nn.Module], adapters: dict[str, tuple[Tensor, Tensor]], spec: LoRASpec) -> int:
+def _validate(modules: dict[str, nn.Module], adapters: AdapterBatch, spec: LoRASpec) -> int:
     """Check the targets' types, shapes and row counts before any hook exists; return the row count."""
     rows: dict[str, int] = {}
     for name, pair in adapters.items():

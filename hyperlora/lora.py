@@ -7,6 +7,9 @@ For one target and one sample the adapted projection is
 with ``s = α / R`` (or ``α / √R`` with rsLoRA). Written as a weight update,
 ``ΔW = s · (A B)ᵀ`` in ``nn.Linear``'s ``[O, D]`` layout (``s · A B`` in
 ``Conv1D``'s ``[D, O]`` layout).
+
+A batch of adapters, one per row, is an ``AdapterBatch``: ``{target name: (A [B, D, R], B [B, R, O])}``
+(axis letters as in ``docs/architecture.md``: B rows, T tokens, D in-features, O out-features, R rank).
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from torch import Tensor
 
 from hyperlora.targets import Target
 
-__all__ = ["LoRASpec", "delta_weight", "count_lora_params"]
+__all__ = ["AdapterBatch", "LoRASpec", "delta_weight", "count_lora_params"]
+
+# The one name for a batch of per-row adapters: target name -> (A [B, D, R], B [B, R, O]).
+AdapterBatch = dict[str, tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from hyperlora.atomic import atomic_directory
 from hyperlora.config import HyperLoRAConfig
 from hyperlora.encoder import PromptEncoder, build_encoder, check_prompts
 from hyperlora.generator import ShapeGroupedLoRAGenerator
-from hyperlora.injector import AdapterBatch, inject
+from hyperlora.injector import inject
+from hyperlora.lora import AdapterBatch
 from hyperlora.targets import Target, find_targets
 
 __all__ = ["HyperLoRA", "Hypernetwork", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -52,7 +53,7 @@ class Hypernetwork(nn.Module):
         self.generator = generator
         self.prompt_agnostic = prompt_agnostic
 
-    def forward(self, prompts: list[str]) -> dict[str, tuple[Tensor, Tensor]]:
+    def forward(self, prompts: list[str]) -> AdapterBatch:
         if self.prompt_agnostic:
             prompts = [AGNOSTIC_PROMPT] * len(prompts)
         return self.generator(self.encoder(prompts))
@@ -92,10 +93,10 @@ class HyperLoRA(nn.Module):
         device = next(student.parameters()).device
         self.hypernet = Hypernetwork(encoder, generator, config.prompt_agnostic).to(device)
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, dict[str, tuple[Tensor, Tensor]]] = OrderedDict()
+        self._cache: OrderedDict[str, AdapterBatch] = OrderedDict()
 
     # -- adapters ------------------------------------------------------------
-    def adapters(self, prompts: list[str]) -> dict[str, tuple[Tensor, Tensor]]:
+    def adapters(self, prompts: list[str]) -> AdapterBatch:
         """``{target name: (A [B, D, R], B [B, R, O])}``, one row per prompt.
 
         In inference (eval mode, no grad) each prompt's adapter is computed once

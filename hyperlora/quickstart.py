@@ -21,7 +21,7 @@ from hyperlora.analysis import adapter_stats, format_table
 from hyperlora.data.format import prefix_ids
 from hyperlora.evaluate import greedy_decode
 from hyperlora.model import HyperLoRA
-from hyperlora.train import compose, run
+from hyperlora.train import compose_config, run
 
 TEACHER_DIR = Path("runs/teacher-cpu")
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.time()
     if not (TEACHER_DIR / "config.json").is_file():
-        from hyperlora.teacher import PRESETS, pretrain_teacher
+        from hyperlora.toy.teacher import PRESETS, pretrain_teacher
 
         print(f"[1/4] pretraining the CPU teacher into {TEACHER_DIR} ...")
         report = pretrain_teacher(PRESETS["cpu"], TEACHER_DIR)
@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[1/4] using the teacher in {TEACHER_DIR}")
 
     print("[2/4] training the hypernetwork (experiment=demo_cpu) ...")
-    cfg = compose(["experiment=demo_cpu", f"model.path={TEACHER_DIR}", *overrides])
+    cfg = compose_config(["experiment=demo_cpu", f"model.path={TEACHER_DIR}", *overrides])
     result = run(cfg)
     out_dir = Path(cfg.trainer.out_dir)
 
     print("\n[3/4] generating for a held-out phrasing")
-    from hyperlora.data.tasks import build_split
+    from hyperlora.toy.tasks import build_split
 
     example = build_split("heldout_phrasing", 1, seed=123)[0]
     hyper = HyperLoRA.from_pretrained(out_dir / "hyperlora")

@@ -15,7 +15,7 @@ import torch
 from hyperlora.injector import inject
 from hyperlora.lora import LoRASpec, delta_weight, count_lora_params
 from hyperlora.targets import Target, find_targets, group_by_shape
-from hyperlora.tiny import FAMILIES, VOCAB, tiny_model
+from hyperlora.toy.models import MODEL_FAMILIES, VOCAB_SIZE, tiny_model
 
 
 def random_adapters(targets: list[Target], rows: int, rank: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -48,7 +48,7 @@ def check_family(family: str, rows: int, spec: LoRASpec, seed: int) -> float:
         layers = sorted({t.layer for t in members})
         print(f"  group D={d_in:<4} O={d_out:<4} x{len(members)}  kinds={kinds} layers={layers}")
     adapters = random_adapters(targets, rows, spec.rank, seed)
-    ids = torch.randint(3, VOCAB, (rows, 9), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(3, VOCAB_SIZE, (rows, 9), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         base = model(ids).logits
         with inject(model, adapters, spec):
@@ -70,7 +70,7 @@ def check_family(family: str, rows: int, spec: LoRASpec, seed: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hyperlora selfcheck", description=__doc__)
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--families", nargs="+", default=list(MODEL_FAMILIES), choices=MODEL_FAMILIES)
     parser.add_argument("--rows", type=int, default=3)
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)

@@ -24,12 +24,12 @@ from hyperlora.metrics import MetricsLogger
 from hyperlora.model import HyperLoRA
 from hyperlora.trainer import Trainer, TrainerConfig
 
-__all__ = ["CONF_DIR", "compose", "run", "main"]
+__all__ = ["CONF_DIR", "compose_config", "run", "main"]
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
 
 
-def compose(overrides: list[str] | None = None) -> Any:
+def compose_config(overrides: list[str] | None = None) -> Any:
     """The composed config (``conf/config.yaml`` + overrides), as Hydra builds it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -79,9 +79,8 @@ def load_model(path: str, dtype: str, attn_implementation: str, device: torch.de
 def load_data(data: dict[str, Any], teacher: Any, tokenizer: Any, out_dir: Path) -> tuple[list[Record], dict[str, list[Record]]]:
     """Training records and ``{split: records}`` for evaluation."""
     if data["source"] == "builtin":
-        from hyperlora.data.tasks import build_split
+        from hyperlora.toy.tasks import as_records, build_split
 
-        as_records = lambda examples: [Record(e.prompt, e.input, e.output) for e in examples]  # noqa: E731
         train = as_records(build_split("train", data["n_train"], data["seed"]))
         evals = {s: as_records(build_split(s, data["n_eval"], data["seed"] + 1)) for s in data["eval_splits"]}
         return train, evals
@@ -149,6 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         print(f"configs: {CONF_DIR}")
         return 0
-    result = run(compose(argv))
+    result = run(compose_config(argv))
     print(json.dumps(result, indent=2))
     return 0

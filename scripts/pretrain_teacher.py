@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hyperlora.teacher import PRESETS, get_preset, pretrain_teacher
+from hyperlora.toy.teacher import PRESETS, get_preset, pretrain_teacher
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -14,8 +14,8 @@ from hyperlora.encoder import EncoderConfig
 from hyperlora.generator import GeneratorConfig
 from hyperlora.lora import LoRASpec
 from hyperlora.model import HyperLoRA
-from hyperlora.tiny import tiny_model
-from hyperlora.tokenizer import char_tokenizer
+from hyperlora.toy.models import tiny_model
+from hyperlora.toy.tokenizer import char_tokenizer
 
 PROMPTS = ["Reverse the words.", "Answer in French, please.", "Count the letters!"]
 

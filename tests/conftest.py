@@ -15,8 +15,8 @@ from transformers import PreTrainedTokenizerBase
 
 from hyperlora.lora import LoRASpec, delta_weight
 from hyperlora.targets import Target
-from hyperlora.tiny import VOCAB, tiny_model
-from hyperlora.tokenizer import char_tokenizer
+from hyperlora.toy.models import VOCAB_SIZE, tiny_model
+from hyperlora.toy.tokenizer import char_tokenizer
 
 Adapters = dict[str, tuple[Tensor, Tensor]]
 
@@ -73,7 +73,7 @@ def merged_copy(model: nn.Module, adapters_row: Adapters, spec: LoRASpec, target
 def random_ids(rows: int, tokens: int, seed: int = 0) -> Tensor:
     """Token ids ``[B, T]`` avoiding the special ids 0-2 of the tiny vocabulary."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(3, VOCAB, (rows, tokens), generator=gen)
+    return torch.randint(3, VOCAB_SIZE, (rows, tokens), generator=gen)
 
 
 def hook_snapshot(model: nn.Module) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from hyperlora.compiled import guard_hooks_in_compiled_code
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
-from hyperlora.tiny import tiny_model
+from hyperlora.toy.models import tiny_model
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from hyperlora.encoder import EncoderConfig, PromptEncoder, build_encoder
-from hyperlora.tiny import tiny_model
-from hyperlora.tokenizer import char_tokenizer
+from hyperlora.toy.models import tiny_model
+from hyperlora.toy.tokenizer import char_tokenizer
 
 BACKBONES = ("student_embeddings", "student_hidden", "sentence_transformer")
 # Small but real: every backbone runs in milliseconds on a CPU.

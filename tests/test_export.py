@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import PROMPTS, build_checkpoint
+from checkpoint_fixture import PROMPTS, build_checkpoint
 from conftest import random_ids
 from peft import PeftModel
 from torch import Tensor, nn

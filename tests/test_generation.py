@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from checkpoints import PROMPTS, build_checkpoint
+from checkpoint_fixture import PROMPTS, build_checkpoint
 
 from hyperlora import cli
 from hyperlora.generation import generate_records

@@ -12,7 +12,7 @@ from torch import nn
 from hyperlora.generator import GeneratorConfig, ShapeGroupedLoRAGenerator
 from hyperlora.lora import LoRASpec
 from hyperlora.targets import Target, find_targets
-from hyperlora.tiny import tiny_model
+from hyperlora.toy.models import tiny_model
 
 SPEC = LoRASpec(rank=4, alpha=8.0)
 R = SPEC.rank

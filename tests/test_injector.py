@@ -14,7 +14,7 @@ from transformers.pytorch_utils import Conv1D
 from hyperlora.injector import inject
 from hyperlora.lora import LoRASpec
 from hyperlora.targets import find_targets
-from hyperlora.tiny import FAMILIES, tiny_model
+from hyperlora.toy.models import MODEL_FAMILIES, tiny_model
 
 ATOL = 1e-5
 
@@ -25,7 +25,7 @@ def _logits(model: nn.Module, ids: Tensor) -> Tensor:
 
 
 # -- per-sample exactness -----------------------------------------------------
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
 def test_mixed_batch_equals_merged_weights_and_rows_alone(family: str) -> None:
     model = tiny_model(family)
     targets = find_targets(model)

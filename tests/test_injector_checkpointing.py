@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
-from hyperlora.tiny import tiny_model
+from hyperlora.toy.models import tiny_model
 
 Leaves = dict[str, tuple[Tensor, Tensor]]
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
-from hyperlora.tiny import tiny_model
+from hyperlora.toy.models import tiny_model
 
 NEW = 5
 PAD = 0

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from hyperlora.injector import inject
 from hyperlora.lora import LoRASpec
 from hyperlora.targets import Target, find_targets
-from hyperlora.tiny import tiny_model
+from hyperlora.toy.models import tiny_model
 
 ROWS = 3
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import PROMPTS, build_checkpoint
+from checkpoint_fixture import PROMPTS, build_checkpoint
 
 from hyperlora import cli, plots
 from hyperlora.analysis import effective_rank

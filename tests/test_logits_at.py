@@ -10,12 +10,12 @@ import torch
 from torch import Tensor, nn
 
 from hyperlora.evaluate import logits_at
-from hyperlora.tiny import VOCAB, tiny_model
+from hyperlora.toy.models import VOCAB_SIZE, tiny_model
 
 
 def _batch(T: int = 12) -> tuple[Tensor, Tensor, Tensor]:
     """Right-padded rows of lengths 12, 9, 7 whose loss masks start at different columns."""
-    ids = torch.randint(4, VOCAB, (3, T))
+    ids = torch.randint(4, VOCAB_SIZE, (3, T))
     attention = torch.zeros(3, T, dtype=torch.long)
     mask = torch.zeros(3, T, dtype=torch.bool)
     for row, (length, start) in enumerate([(12, 8), (9, 3), (7, 5)]):
@@ -31,7 +31,7 @@ def test_equals_full_logits_at_the_mask(family: str) -> None:
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[mask]
         got = logits_at(model, ids, attention, mask)
-    assert got.shape == (int(mask.sum()), VOCAB)
+    assert got.shape == (int(mask.sum()), VOCAB_SIZE)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -45,7 +45,7 @@ def test_head_runs_only_from_the_first_selected_column() -> None:
             logits_at(model, ids, attention, mask)
     finally:
         handle.remove()
-    assert seen == [(3, 12 - 3, VOCAB)]  # column 3 is the first any row selects
+    assert seen == [(3, 12 - 3, VOCAB_SIZE)]  # column 3 is the first any row selects
 
 
 class _NoKeepArgument(nn.Module):
@@ -75,7 +75,7 @@ def test_empty_mask_gives_no_rows_and_keeps_the_graph() -> None:
     embed.weight.requires_grad_(True)
     try:
         got = logits_at(model, ids, attention, torch.zeros(3, 12, dtype=torch.bool))
-        assert got.shape == (0, VOCAB)
+        assert got.shape == (0, VOCAB_SIZE)
         got.sum().backward()  # an all-masked batch still back-propagates (to zeros)
         assert embed.weight.grad is not None and not embed.weight.grad.any()
     finally:

@@ -13,7 +13,7 @@ from transformers.pytorch_utils import Conv1D
 
 from hyperlora.lora import LoRASpec, count_lora_params, delta_weight
 from hyperlora.targets import find_targets
-from hyperlora.tiny import tiny_model
+from hyperlora.toy.models import tiny_model
 
 D, O, R = 6, 5, 3
 

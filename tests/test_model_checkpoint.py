@@ -17,7 +17,7 @@ from hyperlora.encoder import EncoderConfig
 from hyperlora.generator import GeneratorConfig
 from hyperlora.lora import LoRASpec
 from hyperlora.model import HyperLoRA
-from hyperlora.tiny import tiny_config, tiny_model
+from hyperlora.toy.models import tiny_config, tiny_model
 
 Adapters = dict[str, tuple[Tensor, Tensor]]
 PROMPTS = ["Reverse the words.", "Answer in French."]

@@ -15,7 +15,7 @@ from hyperlora import shared_input
 from hyperlora.injector import inject
 from hyperlora.lora import delta_weight
 from hyperlora.targets import find_targets
-from hyperlora.tiny import FAMILIES, tiny_model
+from hyperlora.toy.models import MODEL_FAMILIES, tiny_model
 
 ATOL = 1e-5
 
@@ -50,7 +50,7 @@ def test_first_injection_learns_the_targets_that_read_one_tensor() -> None:
         assert set(groups) == expected
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
 def test_grouped_rows_equal_merged_weights(family: str) -> None:
     """After learning, every row of a mixed batch equals the dense reference with its ΔW merged, and the
     ungrouped injector's output, on every family (some have no groups: fused qkv)."""

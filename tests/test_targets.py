@@ -7,7 +7,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from hyperlora.targets import find_targets, group_by_shape
-from hyperlora.tiny import FAMILIES, tiny_model
+from hyperlora.toy.models import MODEL_FAMILIES, tiny_model
 
 _LLAMA_ATTN = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}
 # Written out per family rather than derived, so a registry change shows up here.
@@ -24,10 +24,10 @@ EXPECTED_KINDS: dict[str, set[str]] = {
 
 
 def test_every_family_has_expected_kinds() -> None:
-    assert set(FAMILIES) == set(EXPECTED_KINDS)
+    assert set(MODEL_FAMILIES) == set(EXPECTED_KINDS)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
 def test_default_targets_are_attention_projections(family: str) -> None:
     model = tiny_model(family)
     found = find_targets(model)
@@ -89,7 +89,7 @@ def test_group_by_shape_keeps_first_seen_order(family: str) -> None:
         assert members == [t for t in found if t.shape == shape]  # module order inside a group
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
 def test_all_linear_includes_mlp_but_never_lm_head(family: str) -> None:
     model = tiny_model(family)
     names = [t.name for t in find_targets(model, "all-linear")]

@@ -14,9 +14,9 @@ import hyperlora.train as train_module
 from hyperlora.cli import main as cli_main
 from hyperlora.config import HyperLoRAConfig
 from hyperlora.model import HyperLoRA
-from hyperlora.tiny import tiny_model
-from hyperlora.tokenizer import char_tokenizer
-from hyperlora.train import CONF_DIR, compose, run
+from hyperlora.toy.models import tiny_model
+from hyperlora.toy.tokenizer import char_tokenizer
+from hyperlora.train import CONF_DIR, compose_config, run
 from hyperlora.trainer import TrainerConfig
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
@@ -46,7 +46,7 @@ def _build(cfg: dict) -> tuple[TrainerConfig, HyperLoRAConfig]:
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_builds(group, option):
-    cfg = compose([f"{group}={option}"])
+    cfg = compose_config([f"{group}={option}"])
     plain = _plain(cfg)
     trainer, hyper = _build(plain)
     assert hyper.base_model == "/some/model"
@@ -76,7 +76,7 @@ def test_trainer_yaml_lists_every_trainer_field(option):
 
 
 def test_experiment_overrides_apply():
-    cfg = _plain(compose(["experiment=tiny_test"]))
+    cfg = _plain(compose_config(["experiment=tiny_test"]))
     assert cfg["trainer"]["max_steps"] == 6 and cfg["trainer"]["batch_size"] == 8
     assert cfg["trainer"]["lr"] == 1.0e-3  # from the trainer group the experiment selects
     assert cfg["encoder"]["d_model"] == 32 and cfg["encoder"]["backbone"] == "student_embeddings"
@@ -84,12 +84,12 @@ def test_experiment_overrides_apply():
     # Top-level sections set by an experiment must win over conf/config.yaml's own defaults
     # (they do not while `_self_` comes after `optional experiment` in config.yaml's defaults).
     assert cfg["lora"]["rank"] == 4 and cfg["lora"]["alpha"] == 8.0, cfg["lora"]
-    gpu = _plain(compose(["experiment=gpu"]))
+    gpu = _plain(compose_config(["experiment=gpu"]))
     assert gpu["model"]["dtype"] == "bfloat16" and gpu["trainer"]["batch_size"] == 256  # the experiment's own
     assert gpu["trainer"]["weight_decay"] == 0.01  # from the trainer group it selects
     assert gpu["encoder"]["backbone"] == "student_hidden" and gpu["encoder"]["prompt_layout"] == "teacher"
     # A command-line override beats the experiment.
-    assert _plain(compose(["experiment=tiny_test", "trainer.max_steps=2"]))["trainer"]["max_steps"] == 2
+    assert _plain(compose_config(["experiment=tiny_test", "trainer.max_steps=2"]))["trainer"]["max_steps"] == 2
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -98,7 +98,7 @@ def test_experiment_overrides_apply():
     (["data=jsonl"], "data.train"),
 ])
 def test_mandatory_values_raise(overrides, key):
-    cfg = compose(overrides)
+    cfg = compose_config(overrides)
     with pytest.raises(MissingMandatoryValue, match=key.split(".")[1]):
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     with pytest.raises(MissingMandatoryValue):
@@ -109,16 +109,16 @@ def test_unknown_keys_raise():
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException):
-        compose(["trainer.no_such_key=1"])
+        compose_config(["trainer.no_such_key=1"])
     with pytest.raises(ConfigCompositionException):
-        compose(["trainer=no_such_option"])
+        compose_config(["trainer=no_such_option"])
     # Added with "+": refused when the section is built, naming the key.
     with pytest.raises((TypeError, ValueError), match="no_such_key"):
-        run(compose(["+trainer.no_such_key=1"]))
+        run(compose_config(["+trainer.no_such_key=1"]))
     with pytest.raises(ValueError, match="no_such_key"):
-        run(compose(["model.path=/x", "+encoder.no_such_key=1"]))
+        run(compose_config(["model.path=/x", "+encoder.no_such_key=1"]))
     with pytest.raises(ValueError, match="batch_size"):
-        run(compose(["trainer.batch_size=0"]))
+        run(compose_config(["trainer.batch_size=0"]))
 
 
 # -- end to end --------------------------------------------------------------------
@@ -126,14 +126,14 @@ def test_unknown_keys_raise():
 
 def test_missing_model_path_names_the_path(tmp_path):
     missing = tmp_path / "no_model_here"
-    cfg = compose(["experiment=tiny_test", f"model.path={missing}", f"trainer.out_dir={tmp_path / 'out'}"])
+    cfg = compose_config(["experiment=tiny_test", f"model.path={missing}", f"trainer.out_dir={tmp_path / 'out'}"])
     with pytest.raises(FileNotFoundError, match="no_model_here"):
         run(cfg)
 
 
 def test_run_tiny_test_end_to_end(model_dir, tmp_path):
     out = tmp_path / "out"
-    cfg = compose(["experiment=tiny_test", f"model.path={model_dir}", f"trainer.out_dir={out}", "logger=jsonl"])
+    cfg = compose_config(["experiment=tiny_test", f"model.path={model_dir}", f"trainer.out_dir={out}", "logger=jsonl"])
     result = run(cfg)
     assert result["steps"] == 6 and result["final_loss"] is not None
     assert "train_unseen_inputs/kl" in result and "heldout_compose/em_student" in result
@@ -178,4 +178,4 @@ def test_cli_train_returns_zero(model_dir, tmp_path, capsys):
 def test_compose_refuses_a_missing_conf_dir(monkeypatch, tmp_path):
     monkeypatch.setattr(train_module, "CONF_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="Hydra configs"):
-        train_module.compose([])
+        train_module.compose_config([])

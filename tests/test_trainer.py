@@ -20,15 +20,15 @@ import hyperlora.trainer as trainer_module
 from hyperlora.batches import BatchStream
 from hyperlora.config import HyperLoRAConfig
 from hyperlora.data.records import Record
-from hyperlora.data.tasks import build_split
+from hyperlora.toy.tasks import build_split
 from hyperlora.encoder import EncoderConfig
 from hyperlora.evaluate import response_logits
 from hyperlora.generator import GeneratorConfig
 from hyperlora.lora import LoRASpec
 from hyperlora.metrics import MetricsLogger
 from hyperlora.model import HyperLoRA
-from hyperlora.tiny import tiny_config
-from hyperlora.tokenizer import char_tokenizer
+from hyperlora.toy.models import tiny_config
+from hyperlora.toy.tokenizer import char_tokenizer
 from hyperlora.schedule import warmup_cosine
 from hyperlora.trainer import STATE_NAME, Trainer, TrainerConfig
 

@@ -26,13 +26,13 @@ import hyperlora
 
 from hyperlora.config import HyperLoRAConfig
 from hyperlora.data.records import Record
-from hyperlora.data.tasks import build_split
+from hyperlora.toy.tasks import build_split
 from hyperlora.encoder import EncoderConfig
 from hyperlora.generator import GeneratorConfig
 from hyperlora.lora import LoRASpec
 from hyperlora.model import HyperLoRA
-from hyperlora.tiny import tiny_model
-from hyperlora.tokenizer import char_tokenizer
+from hyperlora.toy.models import tiny_model
+from hyperlora.toy.tokenizer import char_tokenizer
 from hyperlora.trainer import Trainer, TrainerConfig
 
 WORLD = 2

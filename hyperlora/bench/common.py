@@ -65,7 +65,7 @@ def build_model(size: BenchSize, dtype: torch.dtype, device: torch.device,
                 attn_implementation: str = "sdpa", seed: int = 0) -> nn.Module:
     """A randomly initialised ``LlamaForCausalLM`` of ``size``, frozen, in eval mode.
 
-    Special ids are those of ``hyperlora.tokenizer.char_tokenizer`` (pad 0, bos 1, eos 2).
+    Special ids are those of ``hyperlora.toy.tokenizer.char_tokenizer`` (pad 0, bos 1, eos 2).
     The initialisation is seeded (without touching the caller's RNG state) so two runs
     of the bench time and check the same weights.
     """

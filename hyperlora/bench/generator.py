@@ -19,7 +19,7 @@ from hyperlora.bench.timing import figures, peak_memory_mib, reset_peak_memory, 
 from hyperlora.config import HyperLoRAConfig
 from hyperlora.generator import GeneratorConfig
 from hyperlora.model import HyperLoRA
-from hyperlora.tokenizer import char_tokenizer
+from hyperlora.toy.tokenizer import char_tokenizer
 
 __all__ = ["PROMPT_COUNTS", "prompts", "run"]
 

@@ -39,7 +39,7 @@ from hyperlora.distill import cross_entropy_loss
 from hyperlora.generator import GeneratorConfig
 from hyperlora.model import HyperLoRA
 from hyperlora.targets import find_targets
-from hyperlora.tokenizer import char_tokenizer
+from hyperlora.toy.tokenizer import char_tokenizer
 from hyperlora.trainer import Trainer, TrainerConfig
 
 __all__ = ["run", "synthetic_records"]

@@ -1,1 +1,1 @@
-"""Datasets, formats and collators; the built-in instruction suite lives in ``tasks``."""
+"""Records, their JSONL format, prompt formatting, collators and teacher labelling."""

@@ -20,12 +20,12 @@ from transformers import (
     Qwen3Config,
 )
 
-__all__ = ["FAMILIES", "tiny_config", "tiny_model"]
+__all__ = ["MODEL_FAMILIES", "tiny_config", "tiny_model"]
 
-VOCAB = 128
+VOCAB_SIZE = 128
 # Special ids inside the tiny vocabulary (the families' defaults point past it).
 _IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-_COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, max_position_embeddings=128, **_IDS)
+_COMMON = dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2, max_position_embeddings=128, **_IDS)
 
 
 def _llama_like(cls: type[PretrainedConfig], **extra: object) -> PretrainedConfig:
@@ -41,19 +41,19 @@ def _configs() -> dict[str, PretrainedConfig]:
         "mistral": _llama_like(MistralConfig),
         "gemma": _llama_like(GemmaConfig, head_dim=8),
         "phi3": Phi3Config(**_COMMON, num_attention_heads=4, num_key_value_heads=2),
-        "gpt2": GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128, **_IDS),
+        "gpt2": GPT2Config(vocab_size=VOCAB_SIZE, n_embd=32, n_layer=2, n_head=4, n_positions=128, **_IDS),
         "gpt_neox": GPTNeoXConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=128, **_IDS,
         ),
     }
 
 
-FAMILIES: tuple[str, ...] = tuple(_configs())
+MODEL_FAMILIES: tuple[str, ...] = tuple(_configs())
 
 
 def tiny_config(family: str) -> PretrainedConfig:
-    """A 2-layer, width-32 config of ``family`` (one of ``FAMILIES``)."""
+    """A 2-layer, width-32 config of ``family`` (one of ``MODEL_FAMILIES``)."""
     configs = _configs()
     if family not in configs:
         raise ValueError(f"Unknown family {family!r}; choose one of {', '.join(configs)}.")

@@ -2,7 +2,7 @@
 
 Every example is ``(prompt, input, output)``: the prompt is an instruction ("Sort the
 words alphabetically."), the input a short sequence of lowercase words from
-``VOCAB`` and the output the instruction applied to the input. Nothing is
+``WORDS`` and the output the instruction applied to the input. Nothing is
 downloaded; the same ``(split, n, seed)`` gives the same examples in every process
 (randomness comes only from ``random.Random`` seeded with strings, which Python
 hashes with SHA-512, never with the per-process ``hash()``).
@@ -34,13 +34,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hyperlora.atomic import atomic_write_text
+from hyperlora.data.records import Record
 
 __all__ = [
-    "VOCAB",
+    "WORDS",
     "SPLITS",
     "CONNECTIVES",
-    "FAMILIES",
+    "TASK_FAMILIES",
     "TRAIN_PAIRS",
     "HELDOUT_PAIRS",
     "TaskFamily",
@@ -49,16 +49,16 @@ __all__ = [
     "list_families",
     "get_family",
     "make_task",
-    "compose",
+    "compose_tasks",
     "build_split",
-    "write_jsonl",
+    "as_records",
 ]
 
 SPLITS: tuple[str, ...] = ("train", "train_unseen_inputs", "heldout_phrasing", "heldout_param", "heldout_compose")
 
 # Short common words (2-5 letters, each with at least one consonant so removing vowels
 # never erases a word). At most 6 words of at most 5 letters keeps inputs under 40 chars.
-VOCAB: tuple[str, ...] = tuple(
+WORDS: tuple[str, ...] = tuple(
     """
     act add age ago air all and ant any arm art ask bad bag bat bed bee big bit box
     boy bus but buy can cap car cat cow cry cup cut day dog dry ear eat egg end eye
@@ -138,7 +138,7 @@ def _swap_first_last(words: list[str], _: None) -> str:
 
 def _bind_replace(rng: random.Random, y: str) -> tuple[str, str]:
     # The pool holds the replacement y; the replaced word x may be any other word.
-    return (rng.choice([w for w in VOCAB if w != y]), y)
+    return (rng.choice([w for w in WORDS if w != y]), y)
 
 
 def _plant_word(words: list[str], param: tuple[str, str], rng: random.Random) -> list[str]:
@@ -415,20 +415,20 @@ def _families() -> dict[str, TaskFamily]:
     return {f.name: f for f in fams}
 
 
-FAMILIES: dict[str, TaskFamily] = _families()
+TASK_FAMILIES: dict[str, TaskFamily] = _families()
 
 
 def list_families() -> list[str]:
     """Names of all families, in a fixed order."""
-    return list(FAMILIES)
+    return list(TASK_FAMILIES)
 
 
 def get_family(name: str) -> TaskFamily:
     """The family called ``name``; a ``KeyError`` that lists the known names otherwise."""
     try:
-        return FAMILIES[name]
+        return TASK_FAMILIES[name]
     except KeyError:
-        raise KeyError(f"unknown task family {name!r}; known: {', '.join(FAMILIES)}") from None
+        raise KeyError(f"unknown task family {name!r}; known: {', '.join(TASK_FAMILIES)}") from None
 
 
 # --- tasks ----------------------------------------------------------------------------
@@ -442,7 +442,7 @@ def _sentence(phrase: str) -> str:
 class Task:
     """A family (or two, applied in order) with parameters, and its rendered instruction.
 
-    Build one with ``make_task`` or ``compose``. ``phrasings`` are template indices,
+    Build one with ``make_task`` or ``compose_tasks``. ``phrasings`` are template indices,
     ``connective`` indexes ``CONNECTIVES`` for compositions (``None`` otherwise).
     """
 
@@ -467,7 +467,7 @@ class Task:
             words = text.split()
             if not words:
                 return ""
-            text = FAMILIES[name](words, param)
+            text = TASK_FAMILIES[name](words, param)
         return text
 
 
@@ -482,13 +482,13 @@ def make_task(family: str, param: Any = None, phrasing: int = 0) -> Task:
     return Task((family,), (param,), (phrasing,), _sentence(fam.render(param, phrasing)))
 
 
-def compose(first: Task, second: Task, connective: int = 0) -> Task:
+def compose_tasks(first: Task, second: Task, connective: int = 0) -> Task:
     """``first`` then ``second`` as one task, worded with ``CONNECTIVES[connective]``."""
     if first.is_composition or second.is_composition:
-        raise ValueError("compose takes two single-family tasks")
-    if not FAMILIES[first.families[0]].keeps_words:
+        raise ValueError("compose_tasks takes two single-family tasks")
+    if not TASK_FAMILIES[first.families[0]].keeps_words:
         raise ValueError(f"{first.family!r} does not output words, so it cannot be a first step")
-    phrases = [FAMILIES[t.families[0]].render(t.params[0], t.phrasings[0]) for t in (first, second)]
+    phrases = [TASK_FAMILIES[t.families[0]].render(t.params[0], t.phrasings[0]) for t in (first, second)]
     text = CONNECTIVES[connective].format(first=phrases[0], second=phrases[1])
     return Task(
         first.families + second.families,
@@ -535,8 +535,8 @@ def _pair_is_useful(a: TaskFamily, b: TaskFamily) -> bool:
 def _pairs() -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
     candidates = [
         (a.name, b.name)
-        for a in FAMILIES.values()
-        for b in FAMILIES.values()
+        for a in TASK_FAMILIES.values()
+        for b in TASK_FAMILIES.values()
         # A planting family must come first: after another step its word may be gone.
         if a.name != b.name and a.keeps_words and b.plant is None and _pair_is_useful(a, b)
     ]
@@ -568,28 +568,28 @@ class Example:
 
 
 def _single(rng: random.Random, name: str, phrasings: Sequence[int], held_out_param: bool = False) -> Task:
-    fam = FAMILIES[name]
+    fam = TASK_FAMILIES[name]
     return make_task(name, fam.sample_param(rng, held_out_param), rng.choice(phrasings))
 
 
 def _pair(rng: random.Random, pair: tuple[str, str]) -> Task:
-    first, second = (_single(rng, name, FAMILIES[name].train_phrasings) for name in pair)
-    return compose(first, second, rng.randrange(len(CONNECTIVES)))
+    first, second = (_single(rng, name, TASK_FAMILIES[name].train_phrasings) for name in pair)
+    return compose_tasks(first, second, rng.randrange(len(CONNECTIVES)))
 
 
 def _sample_task(split: str, rng: random.Random) -> Task:
-    names = list(FAMILIES)
+    names = list(TASK_FAMILIES)
     if split == "train":
         if rng.random() < COMPOSE_FRACTION:
             return _pair(rng, rng.choice(TRAIN_PAIRS))
         name = rng.choice(names)
-        return _single(rng, name, FAMILIES[name].train_phrasings)
+        return _single(rng, name, TASK_FAMILIES[name].train_phrasings)
     if split == "heldout_phrasing":
         name = rng.choice(names)
-        return _single(rng, name, FAMILIES[name].heldout_phrasings)
+        return _single(rng, name, TASK_FAMILIES[name].heldout_phrasings)
     if split == "heldout_param":
-        name = rng.choice([n for n in names if FAMILIES[n].parameterised])
-        return _single(rng, name, FAMILIES[name].train_phrasings, held_out_param=True)
+        name = rng.choice([n for n in names if TASK_FAMILIES[n].parameterised])
+        return _single(rng, name, TASK_FAMILIES[name].train_phrasings, held_out_param=True)
     if split == "heldout_compose":
         return _pair(rng, rng.choice(HELDOUT_PAIRS))
     raise AssertionError(split)
@@ -601,9 +601,9 @@ def _is_reserved(text: str) -> bool:
 
 def _sample_io(task: Task, rng: random.Random, reserved: bool) -> tuple[str, str]:
     """An input on the requested side of the partition, and the task's non-empty output."""
-    first = FAMILIES[task.families[0]]
+    first = TASK_FAMILIES[task.families[0]]
     for _ in range(_MAX_ATTEMPTS):
-        words = rng.sample(VOCAB, rng.randint(MIN_WORDS, MAX_WORDS))
+        words = rng.sample(WORDS, rng.randint(MIN_WORDS, MAX_WORDS))
         if first.plant is not None:
             words = first.plant(words, task.params[0], rng)
         text = " ".join(words)
@@ -639,10 +639,6 @@ def build_split(split: str, n: int, seed: int = 0) -> list[Example]:
     return examples
 
 
-def write_jsonl(examples: Iterable[Example], path: str | os.PathLike[str]) -> None:
-    """One ``{"prompt", "input", "output"}`` object per line, written atomically."""
-    lines = (
-        json.dumps({"prompt": e.prompt, "input": e.input, "output": e.output}, ensure_ascii=False) + "\n"
-        for e in examples
-    )
-    atomic_write_text(path, "".join(lines))
+def as_records(examples: Iterable[Example]) -> list[Record]:
+    """The examples as plain ``Record``s (what the trainer and ``write_jsonl`` take)."""
+    return [Record(e.prompt, e.input, e.output) for e in examples]

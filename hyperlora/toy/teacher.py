@@ -31,9 +31,9 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from hyperlora.schedule import warmup_cosine
 from hyperlora.atomic import atomic_directory
 from hyperlora.data.format import prefix_ids, prefix_text
-from hyperlora.data.tasks import MAX_OUTPUT_CHARS, SPLITS, Example, build_split
+from hyperlora.toy.tasks import MAX_OUTPUT_CHARS, SPLITS, Example, build_split
 from hyperlora.evaluate import greedy_decode
-from hyperlora.tokenizer import char_tokenizer
+from hyperlora.toy.tokenizer import char_tokenizer
 
 __all__ = [
     "TeacherPreset",

@@ -2,7 +2,7 @@
 
 It is a real ``PreTrainedTokenizerFast`` (saved and loaded like any Hugging Face
 tokenizer, with a chat template), so nothing downstream special-cases it. Special
-ids match ``hyperlora.tiny``'s configs: pad 0, bos 1, eos 2, unk 3.
+ids match ``hyperlora.toy.models``'s configs: pad 0, bos 1, eos 2, unk 3.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import torch
 from hyperlora.data.collate import DistillCollator
 from hyperlora.data.format import prefix_ids, prefix_text, response_ids
 from hyperlora.data.records import Record, RecordError, read_jsonl, write_jsonl
-from hyperlora.tokenizer import char_tokenizer
+from hyperlora.toy.tokenizer import char_tokenizer
 
 RECORDS = [
     Record("Reverse the order of the words.", "cat dog sun", "sun dog cat"),

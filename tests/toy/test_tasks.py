@@ -10,20 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from hyperlora.data import tasks
-from hyperlora.data.tasks import (
+from hyperlora.data.records import write_jsonl
+from hyperlora.toy import tasks
+from hyperlora.toy.tasks import (
     CONNECTIVES,
-    FAMILIES,
+    TASK_FAMILIES,
     HELDOUT_PAIRS,
     SPLITS,
     TRAIN_PAIRS,
-    VOCAB,
+    WORDS,
     build_split,
-    compose,
+    compose_tasks,
     get_family,
     list_families,
     make_task,
-    write_jsonl,
+    as_records,
 )
 
 N = 2000  # large enough that every family, parameter and pair shows up in a split
@@ -43,18 +44,18 @@ def _unordered(families: tuple[str, ...]) -> tuple[str, ...]:
 
 def test_at_least_20_families_with_4_distinct_phrasings() -> None:
     assert len(list_families()) >= 20
-    assert list_families() == list(FAMILIES)
-    templates = [p for fam in FAMILIES.values() for p in fam.phrasings]
-    assert all(len(fam.phrasings) >= 4 for fam in FAMILIES.values())
+    assert list_families() == list(TASK_FAMILIES)
+    templates = [p for fam in TASK_FAMILIES.values() for p in fam.phrasings]
+    assert all(len(fam.phrasings) >= 4 for fam in TASK_FAMILIES.values())
     # A held-out wording of one family must not be a trained wording of another.
     assert len(templates) == len(set(templates))
 
 
 def test_vocabulary_is_short_lowercase_words() -> None:
-    assert len(VOCAB) == len(set(VOCAB)) >= 150
-    assert all(w.isalpha() and w.islower() and 2 <= len(w) <= 5 for w in VOCAB)
+    assert len(WORDS) == len(set(WORDS)) >= 150
+    assert all(w.isalpha() and w.islower() and 2 <= len(w) <= 5 for w in WORDS)
     # remove_vowels must never erase a whole word.
-    assert all(any(c not in "aeiou" for c in w) for w in VOCAB)
+    assert all(any(c not in "aeiou" for c in w) for w in WORDS)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +103,7 @@ def test_letter_families_work_after_upper_casing() -> None:
 
 
 def test_every_template_renders_with_every_parameter() -> None:
-    for fam in FAMILIES.values():
+    for fam in TASK_FAMILIES.values():
         rng = tasks.random.Random(0)
         values = (fam.train_params + fam.heldout_params) or (None,)
         for value in values:
@@ -116,7 +117,7 @@ def test_every_template_renders_with_every_parameter() -> None:
 
 
 def test_parameter_pools_are_disjoint() -> None:
-    parameterised = [fam for fam in FAMILIES.values() if fam.parameterised]
+    parameterised = [fam for fam in TASK_FAMILIES.values() if fam.parameterised]
     assert len(parameterised) >= 8
     for fam in parameterised:
         assert fam.heldout_params and not set(fam.train_params) & set(fam.heldout_params), fam.name
@@ -136,15 +137,15 @@ def test_make_task_refuses_bad_arguments() -> None:
 def test_compose_applies_in_order_and_words_both_steps() -> None:
     first = make_task("keep_first_n", 2, phrasing=0)
     second = make_task("reverse_letters", phrasing=1)
-    task = compose(first, second, connective=0)
+    task = compose_tasks(first, second, connective=0)
     assert task.instruction == "Keep only the first 2 words, then spell every word backwards."
     assert task.family == "keep_first_n+reverse_letters"
     assert task.apply("cat dog sun") == "tac god"
     # Order matters: reverse-then-keep and keep-then-reverse differ.
-    assert compose(make_task("reverse_words"), first).apply("cat dog sun") == "sun dog"
-    assert compose(first, make_task("reverse_words")).apply("cat dog sun") == "dog cat"
+    assert compose_tasks(make_task("reverse_words"), first).apply("cat dog sun") == "sun dog"
+    assert compose_tasks(first, make_task("reverse_words")).apply("cat dog sun") == "dog cat"
     with pytest.raises(ValueError, match="first step"):
-        compose(make_task("count_words"), first)
+        compose_tasks(make_task("count_words"), first)
     assert len(CONNECTIVES) >= 3
 
 
@@ -169,8 +170,9 @@ def test_same_seed_same_examples_different_seed_different() -> None:
 def test_same_examples_and_pairs_in_other_processes_with_other_hash_seeds(tmp_path: Path) -> None:
     # Catches any reliance on hash() or set order, which PYTHONHASHSEED changes.
     code = (
-        "import sys; from hyperlora.data.tasks import build_split, write_jsonl, SPLITS, TRAIN_PAIRS, HELDOUT_PAIRS\n"
-        "write_jsonl([e for s in SPLITS for e in build_split(s, 300, seed=7)], sys.argv[1])\n"
+        "import sys; from hyperlora.toy.tasks import build_split, as_records, SPLITS, TRAIN_PAIRS, HELDOUT_PAIRS\n"
+        "from hyperlora.data.records import write_jsonl\n"
+        "write_jsonl(as_records(e for s in SPLITS for e in build_split(s, 300, seed=7)), sys.argv[1])\n"
         "print(TRAIN_PAIRS, HELDOUT_PAIRS)\n"
     )
     outputs = []
@@ -182,7 +184,7 @@ def test_same_examples_and_pairs_in_other_processes_with_other_hash_seeds(tmp_pa
         assert run.stdout.strip() == f"{TRAIN_PAIRS} {HELDOUT_PAIRS}"
         outputs.append(path.read_text())
     local = tmp_path / "local.jsonl"
-    write_jsonl([e for s in SPLITS for e in build_split(s, 300, seed=7)], local)
+    write_jsonl(as_records(e for s in SPLITS for e in build_split(s, 300, seed=7)), local)
     assert outputs[0] == outputs[1] == local.read_text()
 
 
@@ -200,11 +202,11 @@ def test_every_split_gives_n_correct_examples(splits: dict[str, list[tasks.Examp
             assert e.output, e
             assert len(e.input) <= tasks.MAX_INPUT_CHARS
             words = e.input.split()
-            assert tasks.MIN_WORDS <= len(words) <= tasks.MAX_WORDS and set(words) <= set(VOCAB)
+            assert tasks.MIN_WORDS <= len(words) <= tasks.MAX_WORDS and set(words) <= set(WORDS)
 
 
 def test_text_fits_the_character_tokenizer(splits: dict[str, list[tasks.Example]]) -> None:
-    from hyperlora.tokenizer import CHARACTERS
+    from hyperlora.toy.tokenizer import CHARACTERS
 
     for examples in splits.values():
         for e in examples:
@@ -222,12 +224,12 @@ def test_train_covers_every_family_and_uses_only_train_choices(splits: dict[str,
     train = splits["train"]
     singles = [e.task for e in train if not e.task.is_composition]
     pairs = [e.task for e in train if e.task.is_composition]
-    assert {t.families[0] for t in singles} == set(FAMILIES)
+    assert {t.families[0] for t in singles} == set(TASK_FAMILIES)
     assert 0.15 < len(pairs) / len(train) < 0.35
     assert {t.families for t in pairs} <= set(TRAIN_PAIRS)
     for t in singles + pairs:
         for name, param, phrasing in zip(t.families, t.params, t.phrasings):
-            fam = FAMILIES[name]
+            fam = TASK_FAMILIES[name]
             assert phrasing in fam.train_phrasings
             value = param[1] if isinstance(param, tuple) else param
             assert value in fam.train_params if fam.parameterised else value is None
@@ -236,17 +238,17 @@ def test_train_covers_every_family_and_uses_only_train_choices(splits: dict[str,
 def test_heldout_phrasing_prompts_never_in_train(splits: dict[str, list[tasks.Example]]) -> None:
     held = splits["heldout_phrasing"]
     train_prompts = {e.prompt for e in splits["train"]}
-    assert {e.family for e in held} == set(FAMILIES)
+    assert {e.family for e in held} == set(TASK_FAMILIES)
     for e in held:
-        fam = FAMILIES[e.family]
+        fam = TASK_FAMILIES[e.family]
         assert e.task.phrasings == fam.heldout_phrasings
         assert e.prompt not in train_prompts
         # Trained parameters: only the wording is new.
         value = e.task.params[0][1] if isinstance(e.task.params[0], tuple) else e.task.params[0]
         assert value in fam.train_params if fam.parameterised else value is None
     # Beyond the samples: no train template of any family equals a held-out one.
-    held_templates = {fam.phrasings[i] for fam in FAMILIES.values() for i in fam.heldout_phrasings}
-    train_templates = {fam.phrasings[i] for fam in FAMILIES.values() for i in fam.train_phrasings}
+    held_templates = {fam.phrasings[i] for fam in TASK_FAMILIES.values() for i in fam.heldout_phrasings}
+    train_templates = {fam.phrasings[i] for fam in TASK_FAMILIES.values() for i in fam.train_phrasings}
     assert not held_templates & train_templates
 
 
@@ -256,9 +258,9 @@ def test_heldout_param_values_never_in_train(splits: dict[str, list[tasks.Exampl
     for e in splits["train"] + splits["train_unseen_inputs"]:
         for name, param in zip(e.task.families, e.task.params):
             seen.setdefault(name, set()).add(param[1] if isinstance(param, tuple) else param)
-    assert {e.family for e in held} == {f.name for f in FAMILIES.values() if f.parameterised}
+    assert {e.family for e in held} == {f.name for f in TASK_FAMILIES.values() if f.parameterised}
     for e in held:
-        fam = FAMILIES[e.family]
+        fam = TASK_FAMILIES[e.family]
         param = e.task.params[0]
         value = param[1] if isinstance(param, tuple) else param
         assert value in fam.heldout_params and value not in seen[e.family], e
@@ -277,12 +279,12 @@ def test_heldout_compose_pairs_never_in_train(splits: dict[str, list[tasks.Examp
     for e in held:
         assert _unordered(e.task.families) not in train_seen
         # Each step on its own is a trained family.
-        assert all(name in FAMILIES for name in e.task.families)
+        assert all(name in TASK_FAMILIES for name in e.task.families)
 
 
 def test_pairs_are_well_formed() -> None:
     for a, b in TRAIN_PAIRS + HELDOUT_PAIRS:
-        assert a != b and FAMILIES[a].keeps_words and FAMILIES[b].plant is None
+        assert a != b and TASK_FAMILIES[a].keeps_words and TASK_FAMILIES[b].plant is None
     # Redundant pairs are left out: sorting twice, or counting words after reordering them.
     assert ("sort_words", "sort_desc") not in TRAIN_PAIRS + HELDOUT_PAIRS
     assert ("reverse_words", "count_words") not in TRAIN_PAIRS + HELDOUT_PAIRS
@@ -314,7 +316,7 @@ def test_write_jsonl_round_trips_without_leftovers(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "data.jsonl"
     path.parent.mkdir()
     path.write_text("old content\n")
-    write_jsonl(examples, path)
+    write_jsonl(as_records(examples), path)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == [{"prompt": e.prompt, "input": e.input, "output": e.output} for e in examples]
     assert sorted(p.name for p in path.parent.iterdir()) == ["data.jsonl"]

@@ -11,8 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from hyperlora.data.format import prefix_ids, prefix_text, response_ids
-from hyperlora.data.tasks import SPLITS, build_split
-from hyperlora.teacher import (
+from hyperlora.toy.tasks import SPLITS, build_split
+from hyperlora.toy.teacher import (
     IGNORE_INDEX,
     PRESETS,
     REPORT_NAME,
@@ -23,7 +23,7 @@ from hyperlora.teacher import (
     make_batch,
     pretrain_teacher,
 )
-from hyperlora.tokenizer import char_tokenizer
+from hyperlora.toy.tokenizer import char_tokenizer
 
 # Seconds on 2 CPU cores: width 32, 2 layers, 40 steps of 16 rows, 20 eval examples per split.
 TINY = TeacherPreset(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, steps=40, batch_size=16,
