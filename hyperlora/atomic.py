@@ -1,15 +1,30 @@
-"""Atomic writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+"""Atomic writes: a reader (or a crash) sees the old file or folder or the new one, never half of one.
+
+A folder is replaced in three renames, each atomic on one filesystem::
+
+    .NAME.<random>.tmp   the new folder while it is written (deleted if the writer fails)
+    .NAME.<random>.done  the new folder, complete (renamed from .tmp once the writer returned)
+    .NAME.<random>.old   the previous folder, moved aside just before .done takes its place
+
+A kill at any point leaves one of these states, and ``recover(path)`` (run before every
+replace of ``path``, and callable on its own) finishes or undoes the swap: a ``.done``
+without a target rolls forward, an ``.old`` without a target and without a ``.done`` rolls
+back, and leftovers that no longer matter (an unfinished ``.tmp``, an ``.old`` whose
+replacement is in place) are deleted. Only names of that exact shape beside ``path`` are
+ever touched.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "atomic_directory"]
+__all__ = ["atomic_write_text", "atomic_directory", "recover"]
 
 
 def _umask() -> int:
@@ -35,32 +50,77 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
+def _siblings(target: Path, suffix: str) -> list[Path]:
+    """Folders beside ``target`` named ``.NAME.<8 random characters>.suffix`` (what mkdtemp makes)."""
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[A-Za-z0-9_]{{8}}\.{suffix}")
+    return sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir())
+
+
+def recover(path: str | os.PathLike[str]) -> None:
+    """Finish or undo a folder replace of ``path`` that a crash interrupted, and delete its leftovers."""
+    target = Path(path)
+    done, old = _siblings(target, "done"), _siblings(target, "old")
+    if not target.exists():
+        if done:
+            os.replace(done.pop(), target)  # the new folder was complete: finish the swap
+        elif old:
+            os.replace(old.pop(), target)  # nothing newer is complete: put the previous folder back
+    for leftover in _siblings(target, "tmp") + done + old:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextmanager
-def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False,
+                     replaceable: Callable[[Path], bool] | None = None, what: str = "folder") -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; on success it replaces ``path``.
 
-    On an exception the temporary folder is deleted and ``path`` is untouched.
-    ``path`` may already exist only when ``overwrite`` is true (or when empty).
+    On an exception the temporary folder is deleted and ``path`` is untouched; on a kill,
+    the next replace of ``path`` (or ``recover(path)``) completes or undoes the swap.
+
+    Args:
+        overwrite: ``path`` may already exist (non-empty) and be replaced.
+        replaceable: when given, an existing non-empty ``path`` is only replaced if this
+            says it is one the project wrote (a checkpoint, a run folder); anything else is
+            refused, whatever ``overwrite`` says, so a mistyped path never costs user data.
+        what: how the refusal names the expected kind of folder.
+
+    Raises:
+        FileExistsError: ``path`` is a file, or a non-empty folder that may not be replaced.
     """
     target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a directory; choose another output path.")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target} exists and is not empty; pass --force (overwrite=True) to replace it.")
+    recover(target)
+    _check_replaceable(target, overwrite, replaceable, what)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); the result is an ordinary folder
     try:
         yield tmp
+        _check_replaceable(target, overwrite, replaceable, what)  # it may have appeared meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # Swap in two renames: the old folder is only deleted once the new one is in place.
+    done = tmp.with_name(tmp.name[: -len(".tmp")] + ".done")
+    os.replace(tmp, done)
     old = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        old.rmdir()
+        old = done.with_name(done.name[: -len(".done")] + ".old")
         os.replace(target, old)
-    os.replace(tmp, target)
+    os.replace(done, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_replaceable(target: Path, overwrite: bool, replaceable: Callable[[Path], bool] | None, what: str) -> None:
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a directory; choose another output path.")
+    if not (target.is_dir() and any(target.iterdir())):
+        return
+    if replaceable is not None and not replaceable(target):
+        raise FileExistsError(
+            f"{target} exists and is not a {what} written by hyperlora; it was left untouched. "
+            "Choose another output path (or empty that folder)."
+        )
+    if not overwrite:
+        raise FileExistsError(f"{target} exists and is not empty; pass --force (overwrite=True) to replace it.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -20,10 +21,27 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _is_user_error(err: Exception) -> bool:
-    """Errors that describe bad input (ours are ValueError/FileNotFoundError/...; Hydra's and OmegaConf's too)."""
-    user = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError, KeyError)
+def _is_user_error(err: BaseException) -> bool:
+    """Errors that describe bad input or the machine's state, not a bug.
+
+    Ours are ValueError/FileNotFoundError/...; Hydra's and OmegaConf's too; and the operating
+    system's refusals (a read-only folder, a full disk) that the user fixes outside Python.
+    """
+    user = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+            ImportError, KeyError)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        return True
     return isinstance(err, user) or type(err).__module__.split(".")[0] in ("hydra", "omegaconf")
+
+
+def _message(err: BaseException) -> str:
+    """One line: the error's own words, with the fix for the operating system's refusals."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {err.filename}" if err.filename else ""
+        return f"no space left on the device{where}; free some space or choose another output path."
+    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and err.filename:
+        return f"no permission to write {err.filename}; choose a folder you can write to."
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _usage() -> str:
@@ -49,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _is_user_error(err):
             raise  # a bug: keep the traceback
         # Bad input is the user's to fix: one line that names it, no traceback.
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"hyperlora {command}: error: {message}", file=sys.stderr)
+        print(f"hyperlora {command}: error: {_message(err)}", file=sys.stderr)
         return 2
 
 
