@@ -6,35 +6,96 @@ rows with ``bmm``/``baddbmm`` so no per-token copy of A or B is ever made. On ex
 every hook is removed, also when the forward raised, and the model is the base
 model again, bit for bit.
 
+Read top to bottom: validation (before any hook exists), the plain hook's maths
+(``lora_forward_delta``), then ``inject``: its hook, install/remove, the
+gradient-checkpointing replay, enter/exit.
+
 Gradient checkpointing replays a layer's forward during backward, which can be
 after the ``with`` block has ended and the hooks are gone (PEFT hit this). While
 injected, the checkpoint function of every checkpointed layer is wrapped so that
 the replay re-installs this injection's hooks for its own duration.
 
 ``torch.compile`` does not see hooks added after compiling unless its hook guards
-are on; entering an injection turns them on (``hyperlora.compiled``), so a model
-compiled earlier does not run without its adapters.
+are on; entering an injection turns them on (``hyperlora.injection_state``), so a
+model compiled earlier does not run without its adapters.
+
+Decoding steps take a faster path with the same results, kept in one module
+(``hyperlora.fast_decode``) and reached only through ``inject.fast_decode``: set
+that to ``None`` and every call takes the reference hook here.
+
+Axis letters as in docs/architecture.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from hyperlora.compiled import guard_hooks_in_compiled_code
+from hyperlora.fast_decode import FastDecode
+from hyperlora.injection_state import INJECTION_STATE
 from hyperlora.lora import AdapterBatch, LoRASpec
-from hyperlora.shared_input import MAX_TOKENS as SHARED_MAX_TOKENS
-from hyperlora.shared_input import InputRecorder, SharedShrink, candidate_groups, learned_groups, remember_groups
 from hyperlora.targets import Conv1D, linear_features
 
 __all__ = ["inject", "lora_forward_delta"]
 
+Hook = Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor]
+
+
+# -- validation -------------------------------------------------------------------
+def _resolve(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """``{name: module}`` for each target.
+
+    Walks ``_modules`` directly: ``get_submodule`` goes through ``hasattr``/``__getattr__`` at
+    every level, which for 64 targets costs about a third of a small model's forward in host
+    time. A name the walk does not find falls back to attribute lookup, which is how wrappers
+    that forward to the model inside them (``torch.compile``'s ``OptimizedModule``, PEFT's
+    ``PeftModel``) answer to the inner model's names.
+    """
+    if not names:
+        raise ValueError("inject() got no adapters: pass {target name: (A, B)}, e.g. from HyperLoRA.adapters().")
+    modules: dict[str, nn.Module] = {}
+    for name in names:
+        module: Any = model
+        for part in name.split(".") if name else []:
+            child = module._modules.get(part)
+            module = child if child is not None else getattr(module, part, None)
+            if not isinstance(module, nn.Module):
+                raise ValueError(f"Adapter for {name!r}, but the model has no module of that name.")
+        modules[name] = module
+    return modules
+
+
+def _validate(modules: dict[str, nn.Module], adapters: AdapterBatch, spec: LoRASpec) -> int:
+    """Check the targets' types, shapes and row counts before any hook exists; return the row count."""
+    rows: dict[str, int] = {}
+    for name, pair in adapters.items():
+        module = modules[name]
+        if not isinstance(module, (nn.Linear, Conv1D)):
+            raise ValueError(f"Adapter for {name!r}, which is a {type(module).__name__}, not a linear projection.")
+        if not (isinstance(pair, tuple | list) and len(pair) == 2):
+            raise ValueError(f"Adapter for {name!r} must be a pair (A, B).")
+        A, B = pair
+        d_in, d_out = linear_features(module)
+        expected_a, expected_b = (A.shape[0], d_in, spec.rank), (A.shape[0], spec.rank, d_out)
+        if A.dim() != 3 or B.dim() != 3 or tuple(A.shape) != expected_a or tuple(B.shape) != expected_b:
+            raise ValueError(
+                f"Adapter for {name!r} has A {tuple(A.shape)} and B {tuple(B.shape)}; expected "
+                f"A [rows, {d_in}, {spec.rank}] and B [rows, {spec.rank}, {d_out}] (rank {spec.rank})."
+            )
+        rows[name] = A.shape[0]
+    distinct = sorted(set(rows.values()))
+    if len(distinct) != 1:
+        raise ValueError(f"Adapters disagree on the number of rows: {distinct}. Every target needs one pair per row.")
+    return distinct[0]
+
+
+# -- the plain hook ---------------------------------------------------------------
 def _as_3d(t: Tensor) -> Tensor:
     return t.unsqueeze(1) if t.dim() == 2 else t
 
@@ -79,7 +140,7 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             dropout) while its adapters train, so the trainer passes ``True``.
         share_inputs: in steps of at most 16 tokens per row without a graph
             (decoding), targets seen to read one tensor (q, k, v) compute one
-            shrink between them (``hyperlora.shared_input``; which ones is learnt
+            shrink between them (``hyperlora.fast_decode``; which ones is learnt
             in the first injection into a model).
 
     The adapters are read, and where needed copied (cast, expanded for beams,
@@ -91,6 +152,10 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             adapters with different row counts, or (in the forward) a batch
             that is no multiple of the adapters' rows.
     """
+
+    # The decode-only fast path (cast cache, shared shrinks): the one seam to ``hyperlora.fast_decode``.
+    # ``None`` leaves the reference hook below for every call: the same results, slower decoding.
+    fast_decode: ClassVar[type[FastDecode] | None] = FastDecode
 
     def __init__(self, model: nn.Module, adapters: AdapterBatch, spec: LoRASpec, training: bool | None = None,
                  share_inputs: bool = True) -> None:
@@ -105,21 +170,12 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._expanded: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
         self._patched: list[tuple[nn.Module, Any]] = []
-        # name -> (its group, its place in it), from what an earlier injection into this model saw;
-        # without that, a recorder watches this one's inputs for the next.
-        self._groups: dict[str, tuple[tuple[str, ...], int]] = {}
-        self._shared: dict[tuple[tuple[str, ...], int, torch.dtype], SharedShrink] = {}
-        self._recorder: InputRecorder | None = None
-        if share_inputs:
-            groups = learned_groups(model, list(self.adapters))
-            if groups is None:
-                candidates = candidate_groups(self._modules)
-                self._recorder = InputRecorder(candidates) if candidates else None
-            else:
-                self._groups = {name: (group, i) for group in groups for i, name in enumerate(group)}
+        fast = type(self).fast_decode
+        self._fast = None if fast is None else fast(model, self._modules, self._pair, spec.scaling, share_inputs)
 
-    # -- hooks ---------------------------------------------------------------
+    # -- the hook, installed and removed ---------------------------------------
     def _pair(self, name: str, rows: int) -> tuple[Tensor, Tensor]:
+        """``name``'s ``(A [k·B, D, R], B [k·B, R, O])`` for a forward of ``rows = k·B`` rows (each row k times)."""
         if rows == self.rows:
             return self.adapters[name]
         if rows % self.rows != 0:
@@ -134,65 +190,34 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             self._expanded[key] = (A.repeat_interleave(k, dim=0), B.repeat_interleave(k, dim=0))
         return self._expanded[key]
 
-    def _shared_operands(self, name: str, rows: int, dtype: torch.dtype, B: Tensor) -> tuple[SharedShrink, Tensor]:
-        """A group member's shared shrink and its ``B`` (in ``dtype``) zero-padded to the group's rank."""
-        group, index = self._groups[name]
-        shared = self._shared.get((group, rows, dtype))
-        if shared is None:
-            shared = self._shared[(group, rows, dtype)] = SharedShrink([self._pair(n, rows)[0].to(dtype) for n in group])
-        return shared, shared.padded_b(index, B)
+    def _drops(self, module: nn.Module) -> bool:
+        """Whether LoRA dropout is on for this call: ``training`` if given, else the module's own mode."""
+        return self.training if self.training is not None else module.training
 
-    def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Tensor], Tensor]:
+    def _hook(self, name: str) -> Hook:
+        """The reference hook: ``output + s · dropout(x) A B``, row by row, at every call."""
         scaling, p = self.spec.scaling, self.spec.dropout
-        # Whether dropout can ever be on for this injection; when it cannot, the decode path
-        # below skips the per-call mode lookup.
-        may_drop = p > 0.0 and self.training is not False
-        # (rows, dtype) -> operands in that dtype, for the no-graph path: cast once per injection,
-        # not once per token (in training the cast must be part of each forward's graph). The
-        # hook's own dict, so a decode step looks up one small dict around its kernels.
-        cast: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
-        # The same for short steps of a group member: built on the first one only, so that an
-        # injection that never decodes pays nothing for it.
-        short: dict[tuple[int, torch.dtype], tuple[SharedShrink, Tensor]] = {}
-        grouped = name in self._groups
-        bmm, grad_enabled, tracing = torch.bmm, torch.is_grad_enabled, torch.compiler.is_compiling
-        recorder = self._recorder
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
             x = args[0]
-            # Each projection draws its own dropout mask, as PEFT does.
-            drop = may_drop and (module.training if self.training is None else self.training)
-            # While torch.compile traces the hook, only the maths below: no Python-side caches.
-            traced = tracing()
-            if recorder is not None and not traced:
-                recorder.note(name, x)
-            if not (drop or grad_enabled() or traced) and output.dim() == 3:
-                # The decode path runs once per target per generated token, so it is kept to a
-                # dict lookup around the kernels; without a graph the output's storage is ours to
-                # add into.
-                key = (x.shape[0], output.dtype)
-                pair = cast.get(key)
-                if pair is None:
-                    A, B = self._pair(name, key[0])
-                    pair = cast[key] = (A.to(key[1]), B.to(key[1]))
-                # Shared only for tensors with a version counter (not inference-mode ones: their
-                # in-place changes go untracked), matched on the input as the module got it.
-                if grouped and x.shape[1] <= SHARED_MAX_TOKENS and not x.is_inference():
-                    operands = short.get(key) or short.setdefault(key, self._shared_operands(name, *key, pair[1]))
-                    return output.baddbmm_(operands[0].shrink(x), operands[1], alpha=scaling)
-                if x.dtype != key[1]:
-                    x = x.to(key[1])
-                return output.baddbmm_(bmm(x, pair[0]), pair[1], alpha=scaling)
             A, B = self._pair(name, x.shape[0])
-            if drop:
+            # Each projection draws its own dropout mask, as PEFT does.
+            if p > 0.0 and self._drops(module):
                 x = F.dropout(x, p=p, training=True)
-            return lora_forward_delta(output, x, A, B, scaling, inplace=not grad_enabled())
+            # Without a graph the output's storage is ours to add into.
+            return lora_forward_delta(output, x, A, B, scaling, inplace=not torch.is_grad_enabled())
 
         return hook
 
     def _install(self) -> None:
+        # Dropout can be on only with p > 0 and training not switched off: otherwise the fast path
+        # skips the per-call mode lookup.
+        drops = self._drops if self.spec.dropout > 0.0 and self.training is not False else None
         for name, module in self._modules.items():
-            self._handles.append(module.register_forward_hook(self._hook(name)))
+            hook = self._hook(name)
+            if self._fast is not None:
+                hook = self._fast.wrap(name, hook, drops)
+            self._handles.append(module.register_forward_hook(hook))
 
     def _remove(self) -> None:
         while self._handles:
@@ -240,7 +265,7 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
             # The inner exit would take the outer block's hooks away with its own.
             raise RuntimeError("This inject(...) is already active; nest a new inject(...) instead of re-entering it.")
         try:
-            guard_hooks_in_compiled_code()
+            INJECTION_STATE.guard_hooks_in_compiled_code()
             self._patch_checkpointing()
             self._install()
         except BaseException:
@@ -254,54 +279,5 @@ class inject:  # noqa: N801 - used as a context manager, reads like one
         finally:
             self._unpatch_checkpointing()
             self._expanded.clear()
-            self._shared.clear()
-            if self._recorder is not None and self._recorder.saw_a_forward:
-                remember_groups(self.model, list(self.adapters), self._recorder.groups())
-                self._recorder = None
-
-
-def _resolve(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
-    """``{name: module}`` for each target.
-
-    Walks ``_modules`` directly: ``get_submodule`` goes through ``hasattr``/``__getattr__`` at
-    every level, which for 64 targets costs about a third of a small model's forward in host
-    time. A name the walk does not find falls back to attribute lookup, which is how wrappers
-    that forward to the model inside them (``torch.compile``'s ``OptimizedModule``, PEFT's
-    ``PeftModel``) answer to the inner model's names.
-    """
-    if not names:
-        raise ValueError("inject() got no adapters: pass {target name: (A, B)}, e.g. from HyperLoRA.adapters().")
-    modules: dict[str, nn.Module] = {}
-    for name in names:
-        module: Any = model
-        for part in name.split(".") if name else []:
-            child = module._modules.get(part)
-            module = child if child is not None else getattr(module, part, None)
-            if not isinstance(module, nn.Module):
-                raise ValueError(f"Adapter for {name!r}, but the model has no module of that name.")
-        modules[name] = module
-    return modules
-
-
-def _validate(modules: dict[str, nn.Module], adapters: AdapterBatch, spec: LoRASpec) -> int:
-    """Check the targets' types, shapes and row counts before any hook exists; return the row count."""
-    rows: dict[str, int] = {}
-    for name, pair in adapters.items():
-        module = modules[name]
-        if not isinstance(module, (nn.Linear, Conv1D)):
-            raise ValueError(f"Adapter for {name!r}, which is a {type(module).__name__}, not a linear projection.")
-        if not (isinstance(pair, tuple | list) and len(pair) == 2):
-            raise ValueError(f"Adapter for {name!r} must be a pair (A, B).")
-        A, B = pair
-        d_in, d_out = linear_features(module)
-        expected_a, expected_b = (A.shape[0], d_in, spec.rank), (A.shape[0], spec.rank, d_out)
-        if A.dim() != 3 or B.dim() != 3 or tuple(A.shape) != expected_a or tuple(B.shape) != expected_b:
-            raise ValueError(
-                f"Adapter for {name!r} has A {tuple(A.shape)} and B {tuple(B.shape)}; expected "
-                f"A [rows, {d_in}, {spec.rank}] and B [rows, {spec.rank}, {d_out}] (rank {spec.rank})."
-            )
-        rows[name] = A.shape[0]
-    distinct = sorted(set(rows.values()))
-    if len(distinct) != 1:
-        raise ValueError(f"Adapters disagree on the number of rows: {distinct}. Every target needs one pair per row.")
-    return distinct[0]
+            if self._fast is not None:
+                self._fast.close()

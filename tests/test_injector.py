@@ -25,8 +25,12 @@ def _logits(model: nn.Module, ids: Tensor) -> Tensor:
 
 
 # -- per-sample exactness -----------------------------------------------------
+@pytest.mark.parametrize("path", ["fast decode", "reference hook alone"])
 @pytest.mark.parametrize("family", MODEL_FAMILIES)
-def test_mixed_batch_equals_merged_weights_and_rows_alone(family: str) -> None:
+def test_mixed_batch_equals_merged_weights_and_rows_alone(family: str, path: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    if path == "reference hook alone":  # as if hyperlora.fast_decode were deleted
+        monkeypatch.setattr(inject, "fast_decode", None)
     model = tiny_model(family)
     targets = find_targets(model)
     adapters = make_adapters(targets, rows=3)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SPEC, Adapters, make_adapters, random_ids, select_rows
+from conftest import SPEC, make_adapters, random_ids, select_rows
 from torch import Tensor, nn
 
 from hyperlora.injector import inject
+from hyperlora.lora import AdapterBatch
 from hyperlora.targets import find_targets
 from hyperlora.toy.models import tiny_model
 
@@ -39,7 +40,7 @@ def _generate(model: nn.Module, ids: Tensor, mask: Tensor, **settings: object) -
     return out[:, ids.shape[1] :]
 
 
-def _setup() -> tuple[nn.Module, Adapters, list[Tensor]]:
+def _setup() -> tuple[nn.Module, AdapterBatch, list[Tensor]]:
     model = tiny_model("llama")
     # Larger adapters than elsewhere, so each row's greedy continuation visibly depends on its adapter.
     adapters = make_adapters(find_targets(model), rows=2, scale=0.6)

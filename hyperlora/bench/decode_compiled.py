@@ -28,7 +28,7 @@ from torch import Tensor
 from hyperlora.bench.common import BenchContext
 from hyperlora.bench.decode import METHOD, decode_inputs, kernels_per_token, per_repeat, time_per_token
 from hyperlora.bench.timing import figures, kernel_ratio, paired_ratios, sync
-from hyperlora.compiled import guard_hooks_in_compiled_code
+from hyperlora.injection_state import guard_hooks_in_compiled_code
 from hyperlora.injector import inject
 
 __all__ = ["run"]

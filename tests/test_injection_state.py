@@ -1,4 +1,6 @@
-"""A model compiled with torch.compile runs with the injected adapters, and without them after.
+"""What outlives one injection (``hyperlora.injection_state``): the learned shrink groups, weakly held,
+and the TorchDynamo hook guards, so that a model compiled with torch.compile runs with the injected
+adapters, and without them after.
 
 TorchDynamo skips guards on module hooks by default, so code compiled before an
 injection would replay the base graph inside it (adapters silently dropped). The
@@ -8,7 +10,10 @@ TorchDynamo exactly as inductor does, without needing a C++ compiler.
 
 from __future__ import annotations
 
+import gc
+import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +22,7 @@ import torch._dynamo
 from conftest import SPEC, make_adapters, random_ids
 from torch import Tensor, nn
 
-from hyperlora.compiled import guard_hooks_in_compiled_code
+from hyperlora.injection_state import INJECTION_STATE, InjectionState, guard_hooks_in_compiled_code
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
 from hyperlora.toy.models import tiny_model
@@ -95,3 +100,53 @@ def test_nothing_to_do_without_compiled_code() -> None:
     assert guard_hooks_in_compiled_code() is False  # nothing compiled: guards on, no reset
     assert torch._dynamo.config.skip_nnmodule_hook_guards is False
     assert guard_hooks_in_compiled_code() is False  # already on
+
+
+@pytest.mark.usefixtures("dynamo_defaults")
+@pytest.mark.filterwarnings("ignore:hyperlora")
+def test_threads_entering_at_once_each_get_guards() -> None:
+    """Each thread that enters an injection runs with hook guards on; the compiled code from before is
+    dropped (once, where the setting is process-wide; once per thread where TorchDynamo keeps it per
+    thread, as PyTorch 2.13 does), and no thread fails half-way."""
+    torch.compile(lambda x: x + 1, backend="eager")(torch.ones(2))  # something compiled: a reset is due
+    start, results, guarded = threading.Barrier(4), [], []
+
+    def enter() -> None:
+        start.wait()
+        results.append(INJECTION_STATE.guard_hooks_in_compiled_code())
+        guarded.append(torch._dynamo.config.skip_nnmodule_hook_guards is False)
+
+    threads = [threading.Thread(target=enter) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4 and any(results)
+    assert guarded == [True] * 4
+
+
+# -- learned shrink groups ------------------------------------------------------
+def test_learned_groups_are_kept_per_model_and_target_set() -> None:
+    state, model, other = InjectionState(), nn.Linear(2, 2), nn.Linear(2, 2)
+    assert state.learned_groups(model, ["a", "b"]) is None and not state.remembers(model)
+    state.remember_groups(model, ["b", "a"], (("a", "b"),))
+    assert state.learned_groups(model, ["a", "b"]) == (("a", "b"),)  # the order of the names does not matter
+    assert state.learned_groups(model, ["a"]) is None  # another target set: learnt on its own
+    assert state.learned_groups(other, ["a", "b"]) is None
+    state.forget(model)
+    assert state.learned_groups(model, ["a", "b"]) is None
+
+
+def test_an_injection_leaves_its_groups_in_the_state_without_keeping_the_model_alive() -> None:
+    model = tiny_model("llama")
+    adapters = make_adapters(find_targets(model), rows=1)
+    assert not INJECTION_STATE.remembers(model)
+    with inject(model, adapters, SPEC):
+        assert not INJECTION_STATE.remembers(model)  # written at exit, not before
+        _logits(model, random_ids(1, 5))
+    assert INJECTION_STATE.remembers(model)
+    assert INJECTION_STATE.learned_groups(model, list(adapters))
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None

@@ -1,9 +1,8 @@
-"""Shared shrinks (``hyperlora.shared_input``): which targets are grouped, that grouping saves shrinks,
-and that a grouped injection gives the dense merged-weight reference whatever the inputs do."""
+"""The decode fast path (``hyperlora.fast_decode``): which targets are grouped, that grouping saves shrinks,
+that a grouped injection gives the dense merged-weight reference whatever the inputs do, and that the
+injector without the fast path decodes the same."""
 
 from __future__ import annotations
-
-import gc
 
 import pytest
 import torch
@@ -11,7 +10,8 @@ import torch.nn.functional as F
 from conftest import SPEC, make_adapters, merged_copy, random_ids, select_rows
 from torch import Tensor, nn
 
-from hyperlora import shared_input
+from hyperlora.fast_decode import MAX_TOKENS
+from hyperlora.injection_state import INJECTION_STATE
 from hyperlora.injector import inject
 from hyperlora.lora import delta_weight
 from hyperlora.targets import find_targets
@@ -40,9 +40,9 @@ def test_first_injection_learns_the_targets_that_read_one_tensor() -> None:
                                ("all-linear", [("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")])):
         chosen = find_targets(model, targets)
         names = [t.name for t in chosen]
-        assert shared_input.learned_groups(model, names) is None
+        assert INJECTION_STATE.learned_groups(model, names) is None
         _learn(model, make_adapters(chosen, 2))
-        groups = shared_input.learned_groups(model, names)
+        groups = INJECTION_STATE.learned_groups(model, names)
         layers = model.config.num_hidden_layers
         expected = {tuple(f"model.layers.{i}.{part}.{m}" for m in members)
                     for i in range(layers) for members in per_layer
@@ -89,7 +89,7 @@ def test_groups_halve_the_shrinks_of_attention(monkeypatch: pytest.MonkeyPatch) 
         _logits(model, ids, adapters, share_inputs=share)
         assert len(calls) == shrinks * layers
     calls.clear()  # longer steps (a prefill, a forward) keep a shrink per target
-    _logits(model, random_ids(2, shared_input.MAX_TOKENS + 1), adapters)
+    _logits(model, random_ids(2, MAX_TOKENS + 1), adapters)
     assert len(calls) == 4 * layers
     calls.clear()
     _logits(model, ids, adapters)
@@ -127,7 +127,7 @@ def test_shared_shrink_is_used_only_for_the_tensor_it_was_made_from() -> None:
     x, y = torch.randn(3, 4, 8), torch.randn(3, 4, 8)
     with torch.no_grad(), inject(model, adapters, SPEC):
         model(x)  # a and b read one tensor: learnt
-    assert shared_input.learned_groups(model, ["a", "b"]) == (("a", "b"),)
+    assert INJECTION_STATE.learned_groups(model, ["a", "b"]) == (("a", "b"),)
 
     def reference(xa: Tensor, xb: Tensor) -> Tensor:
         rows = []
@@ -145,17 +145,6 @@ def test_shared_shrink_is_used_only_for_the_tensor_it_was_made_from() -> None:
     torch.testing.assert_close(same, reference(x, x), atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(different, reference(x, y), atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(in_place, reference(x, x * 3.0), atol=ATOL, rtol=1e-4)
-
-
-def test_memo_does_not_keep_models_alive() -> None:
-    model = tiny_model("llama")
-    adapters = make_adapters(find_targets(model), rows=1)
-    _learn(model, adapters)
-    assert model in shared_input._LEARNED
-    held = len(shared_input._LEARNED)
-    del model
-    gc.collect()
-    assert len(shared_input._LEARNED) == held - 1
 
 
 def test_inference_mode_and_mixed_dtypes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,3 +178,52 @@ def test_inference_mode_and_mixed_dtypes(monkeypatch: pytest.MonkeyPatch) -> Non
         separate_logits = _logits(model, ids, adapters, share_inputs=False)
     assert shared_logits.dtype == torch.bfloat16
     torch.testing.assert_close(shared_logits.float(), separate_logits.float(), atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_injector_without_the_fast_path_decodes_the_same(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``inject.fast_decode = None``, as if ``hyperlora.fast_decode`` were deleted: every call takes the
+    reference hook. Greedy decoding (per-step logits) and beam search (rows expanded) give what the fast
+    path gives, and each row's logits equal the dense merged-weight reference's."""
+    model = tiny_model(family).eval()
+    targets = find_targets(model, "all-linear")
+    adapters = make_adapters(targets, rows=2)
+    _learn(model, adapters)  # groups learnt: the fast path shares shrinks where the family allows
+    ids = random_ids(2, 6)
+    greedy = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    beams = {**greedy, "num_beams": 2, "num_return_sequences": 2}
+    shrink_ranks: list[int] = []
+    real_bmm = torch.bmm
+
+    def counting_bmm(a: Tensor, b: Tensor, *args: object, **kwargs: object) -> Tensor:
+        shrink_ranks.append(b.shape[-1])
+        return real_bmm(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", counting_bmm)
+
+    @torch.no_grad()
+    def decode(net: nn.Module, rows: Tensor, adapters_: dict | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Greedy tokens, their per-step logits ``[B, steps, V]``, and beam-search tokens."""
+        mask = torch.ones_like(rows)
+        with inject(net, adapters_, SPEC) if adapters_ is not None else torch.no_grad():
+            out = net.generate(rows, attention_mask=mask, output_logits=True, return_dict_in_generate=True, **greedy)
+            with_beams = net.generate(rows, attention_mask=mask, **beams)
+        return out.sequences, torch.stack(out.logits, dim=1), with_beams
+
+    shrink_ranks.clear()
+    fast = decode(model, ids, adapters)
+    shared = any(rank > SPEC.rank for rank in shrink_ranks)  # a shrink of a whole group ran
+    assert shared == (family == "llama")  # gpt2's fused c_attn has no siblings that read its input
+    monkeypatch.setattr(inject, "fast_decode", None)
+    shrink_ranks.clear()
+    reference = decode(model, ids, adapters)
+    assert shrink_ranks and all(rank == SPEC.rank for rank in shrink_ranks)  # one shrink per target
+    torch.testing.assert_close(reference[1], fast[1], atol=ATOL, rtol=1e-4)
+    assert torch.equal(reference[0], fast[0]) and torch.equal(reference[2], fast[2])
+    base_tokens = decode(model, ids, None)[0]
+    for i in range(2):
+        dense = decode(merged_copy(model, select_rows(adapters, i), SPEC, targets), ids[i : i + 1], None)
+        torch.testing.assert_close(fast[1][i], dense[1][0], atol=ATOL, rtol=1e-4)
+        assert torch.equal(fast[0][i], dense[0][0])
+        assert torch.equal(fast[2][2 * i : 2 * i + 2], dense[2])
+    assert not torch.equal(fast[0], base_tokens)  # the adapters change what is decoded
