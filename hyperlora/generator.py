@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from hyperlora.lora import AdapterBatch, LoRASpec
@@ -72,9 +73,9 @@ class _GroupHead(nn.Module):
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """``h [B, n, H]`` -> A ``[B, n, D, R]``, B ``[B, n, R, O]``."""
-        b, n = h.shape[:2]
-        A = self.a(h).view(b, n, self.d_in, self.rank)
-        B = self.b(h).view(b, n, self.rank, self.d_out)
+        # The heads' flat outputs are row-major (D, R) and (R, O) blocks: views, no copy.
+        A = rearrange(self.a(h), "b n (d r) -> b n d r", d=self.d_in, r=self.rank)
+        B = rearrange(self.b(h), "b n (r o) -> b n r o", r=self.rank, o=self.d_out)
         return A, B
 
 

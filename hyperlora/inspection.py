@@ -16,24 +16,19 @@ Axis letters: P prompts, D in-features, O out-features, R rank.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import sys
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict
 
 import torch
 from torch import Tensor
 
-from hyperlora.analysis import adapter_stats, format_table
+# The report type lives in analysis, which plots imports too: no inspection <-> plots cycle.
+from hyperlora.analysis import ALL_LAYERS, InspectionReport, adapter_stats
 from hyperlora.atomic import atomic_write_text
 from hyperlora.encoder import check_prompts
 from hyperlora.model import HyperLoRA
 
 __all__ = ["InspectionReport", "inspect_adapters", "delta_gram", "main"]
-
-ALL_LAYERS = "all"
 
 
 def delta_gram(A: Tensor, B: Tensor, scaling: float) -> Tensor:
@@ -53,71 +48,6 @@ def _cosine(gram: Tensor) -> Tensor:
     denom = norms[:, None] * norms[None, :]
     # A zero adapter is similar to nothing (not NaN, which JSON cannot hold).
     return torch.where(denom > 0, gram / denom.clamp_min(1e-300), torch.zeros_like(gram))
-
-
-@dataclass
-class InspectionReport:
-    """What ``inspect_adapters`` found.
-
-    ``rows``: one dict per prompt × target (``prompt`` plus ``AdapterStats``'s
-    fields), prompt-major, targets in module order. ``similarity``: layer ->
-    ``[P, P]`` cosine matrix (nested lists), plus ``"all"`` for all targets together.
-    """
-
-    prompts: list[str]
-    rows: list[dict[str, Any]]
-    similarity: dict[int | str, list[list[float]]] = field(default_factory=dict)
-    top_k: int = 4
-    # Every singular value (R of them) per row, for the spectrum plots; rows keep the top k.
-    spectra: list[list[float]] = field(default_factory=list)
-
-    def stats(self, prompt: str) -> list[dict[str, Any]]:
-        """The rows of one prompt."""
-        return [r for r in self.rows if r["prompt"] == prompt]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "prompts": self.prompts,
-            "rows": self.rows,
-            "similarity": {str(k): v for k, v in self.similarity.items()},
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
-
-    def to_csv(self) -> str:
-        """One line per prompt × target; singular values in columns ``sv1..svK``."""
-        scalar = ["prompt", "name", "layer", "kind", "d_in", "d_out", "norm_a", "norm_b", "norm_delta",
-                  "relative_delta", "effective_rank"]
-        width = max((len(r["singular_values"]) for r in self.rows), default=0)
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(scalar + [f"sv{i + 1}" for i in range(width)])
-        for r in self.rows:
-            writer.writerow([r[k] for k in scalar] + list(r["singular_values"]))
-        return out.getvalue()
-
-    def table(self) -> str:
-        """The terminal view: one table per prompt, then the similarity matrices."""
-        from hyperlora.analysis import AdapterStats
-
-        parts = []
-        for prompt in self.prompts:
-            stats = [AdapterStats(**{k: v for k, v in r.items() if k != "prompt"}) for r in self.stats(prompt)]
-            parts.append(f"prompt: {prompt!r}\n{format_table(stats)}")
-        if len(self.prompts) > 1:
-            parts.append(self._similarity_table())
-        return "\n\n".join(parts)
-
-    def _similarity_table(self) -> str:
-        labels = [f"p{i}" for i in range(len(self.prompts))]
-        lines = ["cosine similarity of ΔW between prompts (" + ", ".join(
-            f"{label} = {p!r}" for label, p in zip(labels, self.prompts)) + ")"]
-        pairs = [(i, j) for i in range(len(labels)) for j in range(i + 1, len(labels))]
-        lines.append(f"{'layer':>5}  " + " ".join(f"{labels[i] + '~' + labels[j]:>8}" for i, j in pairs))
-        for layer, matrix in self.similarity.items():
-            lines.append(f"{layer!s:>5}  " + " ".join(f"{matrix[i][j]:8.3f}" for i, j in pairs))
-        return "\n".join(lines)
 
 
 @torch.no_grad()

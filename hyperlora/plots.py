@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hyperlora.inspection import ALL_LAYERS, InspectionReport
+from hyperlora.analysis import ALL_LAYERS, InspectionReport
 
 __all__ = ["plot_report", "plot_relative_heatmap", "plot_spectra", "plot_similarity"]
 

@@ -1,24 +1,22 @@
-"""Shared helpers: random per-row adapters and the dense (merged-weight) reference.
+"""Shared fixtures, and the reference helpers of ``hyperlora.toy.reference`` under the names the tests use.
 
 Axis letters: B batch (rows), T tokens, D in-features, O out-features, R rank.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from hyperlora.lora import LoRASpec, delta_weight
+from hyperlora.lora import AdapterBatch, LoRASpec
 from hyperlora.targets import Target
-from hyperlora.toy.models import VOCAB_SIZE, tiny_model
+from hyperlora.toy.models import tiny_model
+from hyperlora.toy.reference import hook_snapshot, merged_copy, random_adapters, random_ids, select_rows
 from hyperlora.toy.tokenizer import char_tokenizer
-
-Adapters = dict[str, tuple[Tensor, Tensor]]
 
 # Scale 2 (alpha/rank): large enough that every adapter visibly moves the logits.
 SPEC = LoRASpec(rank=4, alpha=8.0)
@@ -32,58 +30,13 @@ def _deterministic() -> None:
 
 def make_adapters(
     targets: list[Target], rows: int, spec: LoRASpec = SPEC, seed: int = 0, scale: float = 0.3
-) -> Adapters:
-    """``{name: (A [B, D, R], B [B, R, O])}``, random and non-zero in both A and B.
-
-    Both factors are non-zero on purpose: with PEFT's zero-initialised B a wrong
-    row, layout or scale would go unnoticed.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    out: Adapters = {}
-    for t in targets:
-        A = torch.randn(rows, t.d_in, spec.rank, generator=gen) * scale
-        B = torch.randn(rows, spec.rank, t.d_out, generator=gen) * scale
-        out[t.name] = (A, B)
-    return out
-
-
-def select_rows(adapters: Adapters, index: int | list[int] | Tensor) -> Adapters:
-    """The adapters of the given rows, keeping the row axis (``[k, D, R]``)."""
-    idx = torch.as_tensor([index] if isinstance(index, int) else index)
-    return {name: (A[idx], B[idx]) for name, (A, B) in adapters.items()}
-
-
-@torch.no_grad()
-def merged_copy(model: nn.Module, adapters_row: Adapters, spec: LoRASpec, targets: list[Target]) -> nn.Module:
-    """A deep copy of ``model`` with one row's ΔW added into each target's weight.
-
-    This is the dense reference ``F.linear(x, W0 + ΔW)``: no hook is involved.
-    ``adapters_row`` holds ``A [D, R]`` / ``B [R, O]`` or the same with a row axis of 1.
-    """
-    merged = copy.deepcopy(model)
-    for t in targets:
-        A, B = adapters_row[t.name]
-        if A.dim() == 3:
-            A, B = A[0], B[0]
-        weight = merged.get_submodule(t.name).weight
-        weight += delta_weight(A, B, spec.scaling, conv1d=t.is_conv1d).to(weight.dtype)
-    return merged
-
-
-def random_ids(rows: int, tokens: int, seed: int = 0) -> Tensor:
-    """Token ids ``[B, T]`` avoiding the special ids 0-2 of the tiny vocabulary."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(3, VOCAB_SIZE, (rows, tokens), generator=gen)
-
-
-def hook_snapshot(model: nn.Module) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
-    """``{module name: (forward-hook ids, forward-pre-hook ids)}``, to compare before/after."""
-    return {name: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for name, m in model.named_modules()}
+) -> AdapterBatch:
+    """``{name: (A [B, D, R], B [B, R, O])}``, random and non-zero in both A and B, at ``spec``'s rank."""
+    return random_adapters(targets, rows, spec.rank, seed=seed, scale=scale)
 
 
 __all__ = [
     "SPEC",
-    "Adapters",
     "hook_snapshot",
     "make_adapters",
     "merged_copy",

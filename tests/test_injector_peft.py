@@ -2,47 +2,29 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from conftest import Adapters, make_adapters, random_ids, select_rows
-from peft import LoraConfig, get_peft_model
+from conftest import make_adapters, random_ids
 from torch import Tensor, nn
 
 from hyperlora.injector import inject
-from hyperlora.lora import LoRASpec
+from hyperlora.lora import AdapterBatch, LoRASpec
 from hyperlora.targets import Target, find_targets
 from hyperlora.toy.models import tiny_model
+from hyperlora.toy.reference import peft_copy
 
 ROWS = 3
 
 
-def _peft_with_row(model: nn.Module, targets: list[Target], adapters: Adapters, spec: LoRASpec, i: int) -> nn.Module:
-    """A PEFT-wrapped copy of ``model`` whose LoRA weights are row ``i`` of ``adapters``."""
-    config = LoraConfig(
-        r=spec.rank,
-        lora_alpha=spec.alpha,
-        use_rslora=spec.rslora,
-        target_modules=[t.name for t in targets],
-        lora_dropout=0.0,
-        # GPT-2's Conv1D stores its weight [D, O]; PEFT must be told, or it refuses/merges wrongly.
-        fan_in_fan_out=any(t.is_conv1d for t in targets),
-    )
-    peft_model = get_peft_model(copy.deepcopy(model), config).eval()
-    row = select_rows(adapters, i)
-    wrapped = dict(peft_model.base_model.model.named_modules())
-    with torch.no_grad():
-        for t in targets:
-            A, B = row[t.name]
-            layer = wrapped[t.name]
-            assert layer.scaling["default"] == pytest.approx(spec.scaling)  # α/R, or α/√R with rsLoRA
-            # PEFT keeps A and B as nn.Linear weights: lora_A [R, D], lora_B [O, R].
-            assert layer.lora_A["default"].weight.shape == (spec.rank, t.d_in)
-            assert layer.lora_B["default"].weight.shape == (t.d_out, spec.rank)
-            layer.lora_A["default"].weight.copy_(A[0].T)
-            layer.lora_B["default"].weight.copy_(B[0].T)
-    return peft_model
+def _peft_with_row(
+    model: nn.Module, targets: list[Target], adapters: AdapterBatch, spec: LoRASpec, i: int
+) -> nn.Module:
+    """A PEFT-wrapped copy of ``model`` whose LoRA weights are row ``i`` of ``adapters``.
+
+    ``peft_copy`` refuses a PEFT scaling other than the spec's (α/R, or α/√R with rsLoRA)
+    and LoRA weights of other shapes than ``lora_A [R, D]``, ``lora_B [O, R]``.
+    """
+    return peft_copy(model, adapters, spec, targets, row=i)
 
 
 @torch.no_grad()

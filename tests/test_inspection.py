@@ -12,8 +12,8 @@ import torch
 from checkpoint_fixture import PROMPTS, build_checkpoint
 
 from hyperlora import cli, plots
-from hyperlora.analysis import effective_rank
-from hyperlora.inspection import ALL_LAYERS, InspectionReport, delta_gram, inspect_adapters
+from hyperlora.analysis import ALL_LAYERS, InspectionReport, effective_rank
+from hyperlora.inspection import delta_gram, inspect_adapters
 from hyperlora.lora import delta_weight
 from hyperlora.model import HyperLoRA
 

@@ -5,7 +5,6 @@ Axis letters: B batch (rows), T tokens, D in-features, O out-features, R rank.
 
 from __future__ import annotations
 
-import copy
 import re
 
 import pytest
@@ -17,10 +16,10 @@ from transformers.utils import ModelOutput
 from hyperlora.config import HyperLoRAConfig
 from hyperlora.encoder import EncoderConfig
 from hyperlora.generator import GeneratorConfig
-from hyperlora.lora import LoRASpec, delta_weight
+from hyperlora.lora import LoRASpec
 from hyperlora.model import HyperLoRA
+from hyperlora.toy.reference import merged_copy
 
-Adapters = dict[str, tuple[Tensor, Tensor]]
 SPEC = LoRASpec(rank=4, alpha=8.0)
 PROMPTS = ["Reverse the words.", "Answer in French."]
 # Same length: rows need no padding in the encoder, so these isolate the injection.
@@ -136,15 +135,6 @@ def test_prompts_change_adapters(trained: HyperLoRA) -> None:
     assert not torch.allclose(logits[0], logits[1])
 
 
-@torch.no_grad()
-def merged_student(student: nn.Module, adapters: Adapters, spec: LoRASpec) -> nn.Module:
-    """The dense reference: a copy of the student with one row's ΔW added to its weights."""
-    merged = copy.deepcopy(student)
-    for name, (A, B) in adapters.items():
-        merged.get_submodule(name).weight += delta_weight(A[0], B[0], spec.scaling)  # llama: nn.Linear
-    return merged
-
-
 @pytest.mark.parametrize("prompts", [SAME_LENGTH, PROMPTS], ids=["same-length", "different-length"])
 def test_rows_equal_merged_weights(prompts: list[str], trained: HyperLoRA, student: nn.Module) -> None:
     x = ids(2)
@@ -154,7 +144,7 @@ def test_rows_equal_merged_weights(prompts: list[str], trained: HyperLoRA, stude
         references = []
         for p in prompts:
             trained.clear_cache()
-            references.append(merged_student(student, trained.adapters([p]), SPEC))
+            references.append(merged_copy(student, trained.adapters([p]), SPEC, trained.targets))
         trained.clear_cache()
         logits = trained(prompts, x, mask).logits
         base = student(input_ids=x, attention_mask=mask).logits

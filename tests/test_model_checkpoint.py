@@ -8,18 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 import hyperlora.model as model_module
 from hyperlora.config import HyperLoRAConfig
 from hyperlora.encoder import EncoderConfig
 from hyperlora.generator import GeneratorConfig
-from hyperlora.lora import LoRASpec
+from hyperlora.lora import AdapterBatch, LoRASpec
 from hyperlora.model import HyperLoRA
 from hyperlora.toy.models import tiny_config, tiny_model
 
-Adapters = dict[str, tuple[Tensor, Tensor]]
 PROMPTS = ["Reverse the words.", "Answer in French."]
 FILES = ["hyperlora_config.json", "hypernet.safetensors"]  # sorted, as listing() gives them
 # (D, O) by hand for the tiny llama: width 32, 4 query heads over 2 KV heads of size 8.
@@ -49,12 +48,12 @@ def trained(student: nn.Module, tok: PreTrainedTokenizerBase, **kwargs: object) 
 
 
 @torch.no_grad()
-def adapters(hyper: HyperLoRA) -> Adapters:
+def adapters(hyper: HyperLoRA) -> AdapterBatch:
     hyper.eval().clear_cache()
     return hyper.adapters(PROMPTS)
 
 
-def assert_identical(a: Adapters, b: Adapters) -> None:
+def assert_identical(a: AdapterBatch, b: AdapterBatch) -> None:
     assert list(a) == list(b)
     for name in a:
         assert torch.equal(a[name][0], b[name][0]) and torch.equal(a[name][1], b[name][1]), name

@@ -2,6 +2,6 @@
 
 ``hyperlora bench`` (``hyperlora.bench.main``) runs the sections and writes one
 JSON report. One file per concept: ``timing`` (clocks, memory, ratios),
-``common`` (sizes, the random student, adapters, PEFT and merged references),
+``common`` (sizes, the random student, the context; adapters and references from ``hyperlora.toy.reference``),
 and the sections ``injector``, ``generator``, ``decode``, ``train_step``.
 """

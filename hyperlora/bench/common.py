@@ -1,26 +1,23 @@
-"""What the benchmark sections share: the sizes, the random student, adapters, and the PEFT / merged references.
+"""What the benchmark sections share: the sizes, the random student and the context they run in.
+
+The random adapters and the PEFT / merged references come from ``hyperlora.toy.reference``,
+the one reference implementation the tests and ``hyperlora selfcheck`` use too.
 
 Axis letters: B batch (rows), T tokens, D in-features, O out-features, R rank.
 """
 
 from __future__ import annotations
 
-import copy
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from hyperlora.lora import LoRASpec, delta_weight
-from hyperlora.targets import Target
+from hyperlora.lora import LoRASpec
 
-__all__ = ["SIZES", "BenchContext", "BenchSize", "build_model", "merged_model", "peft_model", "random_adapters",
-           "wrap_lora"]
-
-Adapters = dict[str, tuple[Tensor, Tensor]]
+__all__ = ["SIZES", "BenchContext", "BenchSize", "build_model"]
 
 
 @dataclass(frozen=True)
@@ -80,56 +77,6 @@ def build_model(size: BenchSize, dtype: torch.dtype, device: torch.device,
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     return model.eval().requires_grad_(False)
-
-
-def random_adapters(targets: list[Target], rows: int, rank: int, dtype: torch.dtype, device: torch.device,
-                    requires_grad: bool = False, seed: int = 0) -> Adapters:
-    """``{name: (A [B, D, R], B [B, R, O])}``, a different random adapter per row.
-
-    A has unit-scale columns after ``x·A`` and B is small, so ΔW moves the
-    outputs by a few percent: enough to change greedy tokens, not enough to blow up.
-    """
-    gen = torch.Generator(device=device).manual_seed(seed)
-    adapters = {}
-    for t in targets:
-        A = (torch.randn(rows, t.d_in, rank, generator=gen, device=device) / t.d_in**0.5).to(dtype)
-        B = (torch.randn(rows, rank, t.d_out, generator=gen, device=device) * 0.01).to(dtype)
-        adapters[t.name] = (A.requires_grad_(requires_grad), B.requires_grad_(requires_grad))
-    return adapters
-
-
-def wrap_lora(model: nn.Module, targets: list[Target], spec: LoRASpec) -> nn.Module:
-    """``model`` under PEFT's LoRA on ``targets`` (in place; ``.unload()`` gives the model back)."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=[t.name for t in targets], lora_dropout=0.0)
-    with warnings.catch_warnings():
-        # PEFT asks transformers a deprecated question; not ours to fix.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, config)
-
-
-def peft_model(model: nn.Module, targets: list[Target], adapters: Adapters, spec: LoRASpec) -> nn.Module:
-    """A copy of ``model`` under PEFT's LoRA with one shared adapter (row 0's), as PEFT serves a batch."""
-    wrapped = wrap_lora(copy.deepcopy(model), targets, spec)
-    with torch.no_grad():
-        for t in targets:
-            layer = wrapped.base_model.model.get_submodule(t.name)
-            A, B = adapters[t.name]
-            layer.lora_A["default"].weight.copy_(A[0].T)
-            layer.lora_B["default"].weight.copy_(B[0].T)
-    return wrapped.eval()
-
-
-def merged_model(model: nn.Module, targets: list[Target], adapters: Adapters, spec: LoRASpec) -> nn.Module:
-    """A copy of ``model`` with row 0's ΔW added into each target's weight (no runtime overhead)."""
-    merged = copy.deepcopy(model)
-    with torch.no_grad():
-        for t in targets:
-            A, B = adapters[t.name]
-            weight = merged.get_submodule(t.name).weight
-            weight += delta_weight(A[0], B[0], spec.scaling, t.is_conv1d).to(weight.dtype)
-    return merged
 
 
 @dataclass

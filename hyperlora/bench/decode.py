@@ -16,7 +16,7 @@ work). Anything paid once per call (entering the injector, copying the model
 inputs) cancels too. Variants, each a ratio to ``base``:
 
 * ``injected_per_row``: a different adapter for every row, via ``hyperlora.injector.inject``
-  (q, k and v share one shrink: ``hyperlora.shared_input``);
+  (q, k and v share one shrink: ``hyperlora.fast_decode``);
 * ``injected_per_row_unshared``: the same with ``share_inputs=False``, a shrink per target;
 * ``peft_single_adapter``: PEFT LoRA with row 0's adapter for every row;
 * ``merged``: row 0's ΔW merged into the weights.
@@ -45,10 +45,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hyperlora.bench.common import Adapters, BenchContext, merged_model, peft_model, random_adapters
+from hyperlora.bench.common import BenchContext
 from hyperlora.bench.timing import device_kernels, figures, kernel_ratio, paired_ratios, rotation, time_ms
 from hyperlora.injector import inject
+from hyperlora.lora import AdapterBatch
 from hyperlora.targets import Target, find_targets
+from hyperlora.toy.reference import merged_copy, peft_copy, random_adapters, random_ids
 
 __all__ = ["METHOD", "decode_inputs", "kernels_per_token", "per_repeat", "run", "time_per_token"]
 
@@ -60,8 +62,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     spec, device = ctx.spec, ctx.device
     rows, prompt, new = ctx.size.decode_batch, ctx.size.decode_prompt, ctx.size.decode_new
     model, targets, ids, mask, adapters = decode_inputs(ctx)
-    merged = merged_model(model, targets, adapters, spec)
-    peft = peft_model(model, targets, adapters, spec)
+    merged = merged_copy(model, adapters, spec, targets)
+    peft = peft_copy(model, adapters, spec, targets)
 
     variants: dict[str, tuple[nn.Module, Callable[[], AbstractContextManager[Any]]]] = {
         "base": (model, nullcontext),
@@ -135,7 +137,7 @@ def _decode_step_logits(variant: tuple[nn.Module, Callable[[], AbstractContextMa
         return step.logits[:, -1].float()
 
 
-def decode_inputs(ctx: BenchContext) -> tuple[nn.Module, list[Target], Tensor, Tensor, Adapters]:
+def decode_inputs(ctx: BenchContext) -> tuple[nn.Module, list[Target], Tensor, Tensor, AdapterBatch]:
     """The shared student, its targets, prompt ids and mask ``[decode_batch, decode_prompt]``, and a
     different random adapter per row: the same for every decode section (same seeds)."""
     size = ctx.size
@@ -143,8 +145,7 @@ def decode_inputs(ctx: BenchContext) -> tuple[nn.Module, list[Target], Tensor, T
         raise ValueError(f"decode needs at least 2 new tokens to remove the prefill, got {size.decode_new}.")
     model = ctx.model()
     targets = find_targets(model)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, size.vocab, (size.decode_batch, size.decode_prompt), generator=gen).to(ctx.device)
+    ids = random_ids(size.decode_batch, size.decode_prompt, vocab_size=size.vocab).to(ctx.device)
     adapters = random_adapters(targets, size.decode_batch, ctx.spec.rank, ctx.dtype, ctx.device)
     return model, targets, ids, torch.ones_like(ids), adapters
 

@@ -24,14 +24,14 @@ from hyperlora.toy.tokenizer import char_tokenizer
 __all__ = ["PROMPT_COUNTS", "prompts", "run"]
 
 PROMPT_COUNTS = (1, 8, 64)
-WORDS = ["reverse", "sort", "the", "words", "shift", "every", "letter", "by", "two", "keep", "first", "three",
-         "upper", "case", "alternate", "count", "vowels"]
+_PROMPT_WORDS = ["reverse", "sort", "the", "words", "shift", "every", "letter", "by", "two", "keep", "first", "three",
+                 "upper", "case", "alternate", "count", "vowels"]
 
 
 def prompts(n: int, seed: int = 0) -> list[str]:
     """``n`` instruction-like prompts of 6-14 words."""
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))).capitalize() + "." for _ in range(n)]
+    return [" ".join(rng.choice(_PROMPT_WORDS) for _ in range(rng.randint(6, 14))).capitalize() + "." for _ in range(n)]
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from hyperlora.bench.common import BenchContext, merged_model, peft_model, random_adapters
+from hyperlora.bench.common import BenchContext
 from hyperlora.bench.timing import (
     device_ms,
     figures,
@@ -36,6 +36,7 @@ from hyperlora.bench.timing import (
 )
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
+from hyperlora.toy.reference import merged_copy, peft_copy, random_adapters, random_ids
 
 __all__ = ["run"]
 
@@ -44,8 +45,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     size, spec, device, dtype = ctx.size, ctx.spec, ctx.device, ctx.dtype
     model = ctx.model()
     targets = find_targets(model)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, size.vocab, (size.batch, size.tokens), generator=gen).to(device)
+    ids = random_ids(size.batch, size.tokens, vocab_size=size.vocab).to(device)
     adapters = random_adapters(targets, size.batch, spec.rank, dtype, device)
 
     def forward_of(m: torch.nn.Module) -> Callable[[], None]:
@@ -60,7 +60,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             model(ids, use_cache=False)
 
     # All four forwards interleaved (see time_interleaved): the copies live together for it.
-    merged, peft = merged_model(model, targets, adapters, spec), peft_model(model, targets, adapters, spec)
+    merged, peft = merged_copy(model, adapters, spec, targets), peft_copy(model, adapters, spec, targets)
     times = time_interleaved({
         "base_forward": forward_of(model), "injected_forward": injected_forward,
         "merged_forward": forward_of(merged), "peft_single_adapter_forward": forward_of(peft),

@@ -93,7 +93,7 @@ def device_kernels(fn: Callable[[], Any], device: torch.device, iters: int = 3) 
         sync(device)
     # Device-side rows only (kernels, memcpy, memset). The profiler also copies a kernel's duration
     # onto the host call it can link to the launch (cudaLaunchKernel); summing every row with device
-    # time would count those kernels twice and the others once (runs 4-6 of the README did).
+    # time would count those kernels twice and the others once.
     events = [e for e in prof.key_averages()
               if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
     total_us = sum(e.self_device_time_total for e in events)
@@ -158,10 +158,8 @@ def paired_ratios(samples: Mapping[str, list[float]], baselines: Mapping[str, st
 
     Each repeat times every variant back to back, so a variant and its baseline in one repeat
     share the host's state of the moment; dividing within the repeat cancels what is common to
-    both before the median. On the lent GPU hosts whole decode calls varied by up to 1.7x from
-    one repeat to the next: there the ratio of two medians moved the merged control (the base's
-    own work, ideally 1.0) between 0.91 and 1.07 across runs 7-11, the paired ratio between
-    0.98 and 1.04 (README, Performance).
+    both before the median, which matters on shared hosts where whole decode calls vary from one
+    repeat to the next (docs/performance.md gives the measured spread of both estimators).
     """
     ratios: dict[str, float] = {}
     for name, base in baselines.items():

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from hyperlora.batches import BatchStream
-from hyperlora.bench.common import BenchContext, BenchSize, wrap_lora
+from hyperlora.bench.common import BenchContext, BenchSize
 from hyperlora.bench.timing import figures, free_cached_memory, peak_memory_mib, reset_peak_memory, sync, time_ms
 from hyperlora.config import HyperLoRAConfig
 from hyperlora.data.collate import DistillCollator
@@ -39,6 +39,7 @@ from hyperlora.distill import cross_entropy_loss
 from hyperlora.generator import GeneratorConfig
 from hyperlora.model import HyperLoRA
 from hyperlora.targets import find_targets
+from hyperlora.toy.reference import wrap_lora
 from hyperlora.toy.tokenizer import char_tokenizer
 from hyperlora.trainer import Trainer, TrainerConfig
 
