@@ -26,7 +26,7 @@ from hyperlora.atomic import atomic_write_text
 from hyperlora.data.format import prefix_ids
 from hyperlora.data.records import Record, scan_jsonl  # the dataset's own rules, line by line
 from hyperlora.encoder import check_prompts
-from hyperlora.evaluate import decode_new, left_padded
+from hyperlora.decoding import decode_new, left_padded
 from hyperlora.model import HyperLoRA
 
 __all__ = ["generate_records", "read_batch", "main"]

@@ -12,17 +12,16 @@ from pathlib import Path
 
 import torch
 
+from hyperlora.base_models import DTYPES, is_base_model_name, load_base_model
 from hyperlora.model import HyperLoRA, read_checkpoint_config
 
 __all__ = ["add_checkpoint_arguments", "load_hyperlora", "load_from_args"]
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="folder written by HyperLoRA.save_pretrained")
     parser.add_argument("--base-model", default=None,
-                        help="local folder of the student (default: the path recorded in the checkpoint)")
+                        help="local folder of the student, or toy:<family> (default: the one the checkpoint records)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="dtype of the student's weights (default: as saved)")
@@ -41,13 +40,10 @@ def load_hyperlora(checkpoint: str | Path, base_model: str | Path | None = None,
     kwargs = {"dtype": dtype} if dtype is not None else {}
     student = tokenizer = None
     if base_model is not None:
-        if not Path(base_model).is_dir():
+        if not is_base_model_name(base_model):
             # Checked here: transformers would take a missing path for a Hub id and go online.
-            raise FileNotFoundError(f"--base-model {base_model} is not a local folder.")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        student = AutoModelForCausalLM.from_pretrained(str(base_model), **kwargs).eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(base_model))
+            raise FileNotFoundError(f"--base-model {base_model} is not a local folder (nor a toy: name).")
+        student, tokenizer = load_base_model(base_model, **kwargs)
         kwargs = {}
     hyper = HyperLoRA.from_pretrained(checkpoint, student, tokenizer, **kwargs)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

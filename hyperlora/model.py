@@ -272,12 +272,12 @@ def read_checkpoint_config(path: Path) -> dict[str, Any]:
 
 
 def _load_student(base_model: str | None, tokenizer: Any, **kwargs: Any) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from hyperlora.base_models import is_base_model_name, load_base_model
 
-    if not base_model or not Path(base_model).is_dir():
+    if not is_base_model_name(base_model):
         raise ValueError(
             f"The checkpoint's base model {base_model!r} is not a local directory here: pass student= (and tokenizer=) "
             "to from_pretrained."
         )
-    student = AutoModelForCausalLM.from_pretrained(base_model, **kwargs).eval()
-    return student, tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(base_model)
+    student, loaded = load_base_model(base_model, tokenizer=tokenizer is None, **kwargs)
+    return student, tokenizer if tokenizer is not None else loaded

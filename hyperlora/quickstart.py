@@ -19,7 +19,7 @@ import torch
 
 from hyperlora.analysis import adapter_stats, format_table
 from hyperlora.data.format import prefix_ids
-from hyperlora.evaluate import greedy_decode
+from hyperlora.decoding import greedy_decode
 from hyperlora.model import HyperLoRA
 from hyperlora.train import compose_config, run
 

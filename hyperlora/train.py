@@ -1,8 +1,10 @@
 """``hyperlora train``: compose the Hydra config, load student/teacher/data, train, save.
 
-    python scripts/train.py experiment=demo_cpu trainer.max_steps=100
-    hyperlora train experiment=demo_cpu trainer.max_steps=100
-    torchrun --nproc_per_node 2 scripts/train.py experiment=gpu     # DDP over the hypernetwork
+    hyperlora train experiment=demo_cpu trainer.max_steps=100 distill.adapter_l2=0.01
+    torchrun --nproc_per_node 2 -m hyperlora.cli train experiment=gpu     # DDP over the hypernetwork
+
+The configs are ``hyperlora/conf`` (shipped with the package), typed and validated by
+``hyperlora.train_config.TrainConfig``.
 
 Under torchrun every rank holds the frozen student (and teacher); only the
 hypernetwork is wrapped in DDP. NCCL on GPUs, gloo on CPUs.
@@ -18,34 +20,31 @@ from typing import Any
 import torch
 
 from hyperlora.atomic import atomic_write_text
-from hyperlora.config import HyperLoRAConfig
+from hyperlora.base_models import load_base_model
 from hyperlora.data.records import Record, read_jsonl
 from hyperlora.metrics import MetricsLogger
 from hyperlora.model import HyperLoRA
-from hyperlora.trainer import Trainer, TrainerConfig
+from hyperlora.train_config import DataConfig, TrainConfig, register_schema, train_config
+from hyperlora.trainer import Trainer
 
-__all__ = ["CONF_DIR", "compose_config", "run", "main"]
+__all__ = ["CONF_DIR", "compose_config", "load_data", "run", "main"]
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
 
 
 def compose_config(overrides: list[str] | None = None) -> Any:
-    """The composed config (``conf/config.yaml`` + overrides), as Hydra builds it."""
+    """The composed config (``conf/config.yaml`` + overrides), as Hydra builds it.
+
+    Typed by the ``TrainConfig`` schema: defaults come from the dataclasses, a key they lack is refused.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     if not (CONF_DIR / "config.yaml").is_file():
-        raise FileNotFoundError(f"Hydra configs not found at {CONF_DIR}; run from a checkout (pip install -e .).")
+        raise FileNotFoundError(f"Hydra configs not found at {CONF_DIR}: the installed package is incomplete.")
+    register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return hydra_compose(config_name="config", overrides=list(overrides or []))
-
-
-def _plain(cfg: Any) -> dict[str, Any]:
-    if isinstance(cfg, dict):
-        return cfg
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
 def _distributed() -> tuple[int, int, torch.device]:
@@ -66,65 +65,51 @@ def _distributed() -> tuple[int, int, torch.device]:
     return dist.get_rank(), world, device
 
 
-def load_model(path: str, dtype: str, attn_implementation: str, device: torch.device, what: str) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    if not Path(path).is_dir():
-        hint = " Run `python scripts/pretrain_teacher.py --preset cpu` first." if "teacher-" in str(path) else ""
-        raise FileNotFoundError(f"{what}={path!r} is not a local model directory.{hint} Or set {what}=/path/to/model.")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation)
-    return model.to(device).eval().requires_grad_(False)
-
-
-def load_data(data: dict[str, Any], teacher: Any, tokenizer: Any, out_dir: Path) -> tuple[list[Record], dict[str, list[Record]]]:
+def load_data(data: DataConfig, teacher: Any, tokenizer: Any,
+              out_dir: Path) -> tuple[list[Record], dict[str, list[Record]]]:
     """Training records and ``{split: records}`` for evaluation."""
-    if data["source"] == "builtin":
+    if data.source == "builtin":
         from hyperlora.toy.tasks import as_records, build_split
 
-        train = as_records(build_split("train", data["n_train"], data["seed"]))
-        evals = {s: as_records(build_split(s, data["n_eval"], data["seed"] + 1)) for s in data["eval_splits"]}
+        train = as_records(build_split("train", data.n_train, data.seed))
+        evals = {s: as_records(build_split(s, data.n_eval, data.seed + 1)) for s in data.eval_splits}
         return train, evals
-    if data["source"] != "jsonl":
-        raise ValueError(f"data.source={data['source']!r}; choose builtin or jsonl.")
     from hyperlora.data.label import label_missing
 
     cache = out_dir / "teacher_outputs.jsonl"
-    train = label_missing(read_jsonl(data["train"], data["on_error"]), teacher, tokenizer, cache)
-    evals = {name: label_missing(read_jsonl(path, data["on_error"])[: data["n_eval"]], teacher, tokenizer, cache)
-             for name, path in (data.get("eval") or {}).items()}
+    train = label_missing(read_jsonl(data.train, data.on_error), teacher, tokenizer, cache)
+    evals = {name: label_missing(read_jsonl(path, data.on_error)[: data.n_eval], teacher, tokenizer, cache)
+             for name, path in data.eval.items()}
     return train, evals
 
 
-def run(cfg: Any) -> dict[str, Any]:
-    """Train a hypernetwork as ``cfg`` says; returns the final metrics. Saves ``out_dir/hyperlora``."""
-    from transformers import AutoTokenizer
+def run(cfg: TrainConfig | Any) -> dict[str, Any]:
+    """Train a hypernetwork as ``cfg`` says; returns the final metrics. Saves ``out_dir/hyperlora``.
 
-    cfg = _plain(cfg)
-    trainer_cfg = TrainerConfig(**cfg["trainer"])  # validated before anything heavy is loaded
-    hyper_cfg = HyperLoRAConfig.from_dict({
-        "base_model": cfg["model"]["path"], "targets": cfg["targets"], "lora": cfg["lora"],
-        "encoder": cfg["encoder"], "generator": cfg["generator"], "prompt_agnostic": cfg.get("prompt_agnostic", False),
-    })
+    ``cfg``: a ``TrainConfig``, the composed Hydra config or plain nested dicts (see ``train_config``).
+    """
+    config = train_config(cfg)  # validated before anything heavy is loaded
     rank, world, device = _distributed()
-    out_dir = Path(trainer_cfg.out_dir)
-    student = load_model(cfg["model"]["path"], cfg["model"]["dtype"], cfg["model"]["attn_implementation"], device, "model.path")
-    tokenizer = AutoTokenizer.from_pretrained(cfg["model"]["path"])
+    out_dir = Path(config.trainer.out_dir)
+    model = config.model
+    student, tokenizer = load_base_model(model.path, model.dtype, model.attn_implementation, device, "model.path")
     teacher = None
-    if cfg["teacher"].get("path"):
-        teacher = load_model(cfg["teacher"]["path"], cfg["model"]["dtype"], cfg["model"]["attn_implementation"], device, "teacher.path")
-    train, evals = load_data(cfg["data"], teacher if teacher is not None else student, tokenizer, out_dir)
+    if config.teacher.path:
+        teacher, _ = load_base_model(config.teacher.path, model.dtype, model.attn_implementation, device,
+                                     "teacher.path", tokenizer=False)
+    train, evals = load_data(config.data, teacher if teacher is not None else student, tokenizer, out_dir)
 
-    torch.manual_seed(trainer_cfg.seed)  # the same initial hypernetwork on every rank
-    hyper = HyperLoRA(student, tokenizer, hyper_cfg)
+    torch.manual_seed(config.trainer.seed)  # the same initial hypernetwork on every rank
+    hyper = HyperLoRA(student, tokenizer, config.hyperlora_config())
     logger = None
     if rank == 0:
         hyper.print_trainable_parameters()
-        kind = cfg["logger"]["kind"]
-        wandb = {k: v for k, v in cfg["logger"].items() if k != "kind"} if kind == "wandb" else None
-        logger = MetricsLogger(out_dir / "metrics.jsonl" if kind != "none" else None, wandb=wandb, config=cfg)
-    trainer = Trainer(hyper, train, trainer_cfg, evals, teacher, logger, cfg["data"]["max_length"], rank, world)
+        path = out_dir / "metrics.jsonl" if config.logger.kind != "none" else None
+        logger = MetricsLogger(path, wandb=config.logger.wandb_options(), config=config.to_dict())
+    trainer = Trainer(hyper, train, config.trainer, evals, teacher, logger, config.data.max_length, rank, world,
+                      distill=config.distill)
     result: dict[str, Any] = {}
-    if cfg.get("eval_before") and rank == 0:
+    if config.eval_before and rank == 0:
         result["before"] = trainer.evaluate()  # the untrained student equals the base: the starting point
     history = trainer.fit()
     result.update(steps=trainer.step, final_loss=history[-1]["loss"] if history else None)
@@ -142,7 +127,7 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``hyperlora train key=value ...`` (the same overrides as scripts/train.py)."""
+    """``hyperlora train key=value ...``: Hydra overrides of ``conf/config.yaml``."""
     argv = list(argv or [])
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)

@@ -29,8 +29,8 @@ from hyperlora.atomic import atomic_directory
 from hyperlora.batches import BatchStream
 from hyperlora.data.collate import DistillCollator
 from hyperlora.data.records import Record
-from hyperlora.distill import LOSSES, distillation_loss
-from hyperlora.evaluate import exact_match, heldout_kl, response_logits
+from hyperlora.distill import DistillConfig, distill_forward, distillation_loss
+from hyperlora.evaluate import exact_match, heldout_kl
 from hyperlora.metrics import MetricsLogger
 from hyperlora.model import HyperLoRA
 from hyperlora.schedule import warmup_cosine
@@ -51,10 +51,6 @@ class TrainerConfig:
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
-    loss: str = "forward_kl"
-    temperature: float = 1.0
-    ce_weight: float = 0.0
-    loss_chunk: int = 1024
     seed: int = 0
     eval_every: int = 50
     eval_examples: int = 64
@@ -68,14 +64,12 @@ class TrainerConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        positive = ("max_steps", "batch_size", "accumulation", "loss_chunk", "keep_last", "max_new_tokens")
+        positive = ("max_steps", "batch_size", "accumulation", "keep_last", "max_new_tokens")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"trainer.{name} must be a positive integer, got {getattr(self, name)!r}.")
         if not self.lr > 0:
             raise ValueError(f"trainer.lr must be positive, got {self.lr}.")
-        if self.loss not in LOSSES:
-            raise ValueError(f"trainer.loss={self.loss!r}; choose one of {', '.join(LOSSES)}.")
         if str(self.bf16).lower() not in ("auto", "true", "false"):
             raise ValueError(f"trainer.bf16={self.bf16!r}; choose auto, true or false.")
 
@@ -95,12 +89,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Trainer:
-    """Trains ``hyper.hypernet`` against ``teacher`` (default: the student itself, prompt in context)."""
+    """Trains ``hyper.hypernet`` against ``teacher`` (default: the student itself, prompt in context).
+
+    ``distill``: what the loss is made of (default ``DistillConfig()``: forward KL alone).
+    """
 
     def __init__(self, hyper: HyperLoRA, train_records: list[Record], config: TrainerConfig,
                  eval_sets: dict[str, list[Record]] | None = None, teacher: nn.Module | None = None,
-                 logger: MetricsLogger | None = None, max_length: int = 512, rank: int = 0, world: int = 1) -> None:
+                 logger: MetricsLogger | None = None, max_length: int = 512, rank: int = 0, world: int = 1,
+                 distill: DistillConfig | None = None) -> None:
         self.hyper, self.config = hyper, config
+        self.distill = distill if distill is not None else DistillConfig()
         self.teacher = (teacher if teacher is not None else hyper.student).eval()
         self.rank, self.world = rank, world
         self.device = next(hyper.student.parameters()).device
@@ -137,7 +136,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimisation step over ``accumulation`` micro-batches; returns its metrics."""
         self.hyper.train()
-        cfg = self.config
+        cfg, objective = self.config, self.distill
         sums: dict[str, float] = {}
         for micro in range(cfg.accumulation):
             batch = self.collator(self.stream.next())
@@ -146,9 +145,12 @@ class Trainer:
             no_sync = self.hypernet.no_sync() if not sync and hasattr(self.hypernet, "no_sync") else nullcontext()
             with no_sync:
                 with self._autocast():
-                    student, teacher = response_logits(self.hyper, self.teacher, batch, self.device, self.hypernet)
-                    losses = distillation_loss(student, teacher, batch["labels"].to(self.device), cfg.loss,
-                                               cfg.temperature, cfg.ce_weight, cfg.loss_chunk)
+                    out = distill_forward(self.hyper, self.teacher, batch, self.device, self.hypernet)
+                    losses = distillation_loss(
+                        out.student, out.teacher, batch["labels"].to(self.device), objective.loss,
+                        objective.temperature, objective.ce_weight, objective.loss_chunk,
+                        adapters=out.adapters, adapter_l2=objective.adapter_l2,
+                    )
                 (losses["loss"] / cfg.accumulation).backward()
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + value.item() / cfg.accumulation
@@ -191,6 +193,7 @@ class Trainer:
             "stream": self.stream.state_dict(),
             "rng": _rng_state(),
             "config": asdict(self.config),
+            "distill": asdict(self.distill),
         }
         with atomic_directory(path, overwrite=True) as tmp:
             self.hyper.save_pretrained(tmp / "hyperlora")

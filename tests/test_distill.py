@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hyperlora.distill import LOSSES, cross_entropy_loss, distillation_loss, kl_loss
+from hyperlora.distill import LOSSES, adapter_l2_penalty, cross_entropy_loss, distillation_loss, kl_loss
 
 # Two rows, V = 3.
 STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
@@ -176,6 +176,58 @@ def test_distillation_loss_combines_kl_and_weighted_ce():
     plain = distillation_loss(student, teacher, labels, "forward_kl", temperature=2.0)
     assert set(plain) == {"loss", "kl"}
     assert plain["loss"].item() == pytest.approx(kl_ref, rel=1e-5)
+
+
+# -- the L2 penalty on the generated adapters ----------------------------------------------
+
+
+def _known_adapters() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    # Two targets of different shapes, two rows: A [2, 3, 1], B [2, 1, 2] and A [2, 2, 1], B [2, 1, 3].
+    return {
+        "q": (_t([[[1], [2], [3]], [[0], [0], [0]]]), _t([[[1, -1]], [[2, 2]]])),
+        "v": (_t([[[4], [0]], [[0], [0]]]), _t([[[0, 0, 3]], [[0, 0, 0]]])),
+    }
+
+
+def test_adapter_l2_penalty_matches_hand_computation():
+    # q: mean(A²) = (1 + 4 + 9) / 6, mean(B²) = (1 + 1 + 4 + 4) / 4;  v: mean(A²) = 16 / 4, mean(B²) = 9 / 6.
+    expected = ((14 / 6 + 10 / 4) + (16 / 4 + 9 / 6)) / 2
+    adapters = _known_adapters()
+    assert adapter_l2_penalty(adapters).item() == pytest.approx(expected, rel=1e-6)
+    # fp32 whatever the adapters' dtype; the same value from bf16 (these values are exact in bf16).
+    bf16 = {k: (A.bfloat16(), B.bfloat16()) for k, (A, B) in adapters.items()}
+    assert adapter_l2_penalty(bf16).dtype == torch.float32
+    assert adapter_l2_penalty(bf16).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="at least one target"):
+        adapter_l2_penalty({})
+
+
+def test_adapter_l2_penalty_gradient_is_the_analytic_one():
+    adapters = {k: (A.requires_grad_(), B.requires_grad_()) for k, (A, B) in _known_adapters().items()}
+    adapter_l2_penalty(adapters).backward()
+    for A, B in adapters.values():  # d/dX of mean(X²)/|targets| = 2X / (numel · 2)
+        torch.testing.assert_close(A.grad, 2 * A.detach() / (A.numel() * 2))
+        torch.testing.assert_close(B.grad, 2 * B.detach() / (B.numel() * 2))
+
+
+def test_distillation_loss_adds_the_weighted_adapter_penalty():
+    student, teacher, labels = _t(STUDENT), _t(TEACHER), torch.tensor([1, 2])
+    adapters = _known_adapters()
+    penalty = adapter_l2_penalty(adapters).item()
+    out = distillation_loss(student, teacher, labels, ce_weight=0.25, adapters=adapters, adapter_l2=0.1)
+    assert set(out) == {"loss", "kl", "ce", "adapter_l2"}
+    assert out["adapter_l2"].item() == pytest.approx(penalty, rel=1e-6)  # reported unweighted
+    expected = out["kl"].item() + 0.25 * out["ce"].item() + 0.1 * penalty
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-6)
+    # The default weight 0 gives exactly the loss without adapters: same value, bit for bit, no extra metric.
+    base = distillation_loss(student, teacher, labels, ce_weight=0.25)
+    zero = distillation_loss(student, teacher, labels, ce_weight=0.25, adapters=adapters, adapter_l2=0.0)
+    assert set(zero) == set(base) == {"loss", "kl", "ce"}
+    assert torch.equal(zero["loss"], base["loss"])
+    with pytest.raises(ValueError, match="adapters"):
+        distillation_loss(student, teacher, labels, adapter_l2=0.1)
+    with pytest.raises(ValueError, match="adapter_l2"):
+        distillation_loss(student, teacher, labels, adapters=adapters, adapter_l2=-1.0)
 
 
 def test_bad_arguments_raise_value_error():

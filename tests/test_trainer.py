@@ -9,6 +9,7 @@ before any training and the KL would be ~1e-4, too small to show learning.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -22,7 +23,7 @@ from hyperlora.config import HyperLoRAConfig
 from hyperlora.data.records import Record
 from hyperlora.toy.tasks import build_split
 from hyperlora.encoder import EncoderConfig
-from hyperlora.evaluate import response_logits
+from hyperlora.distill import DistillConfig, adapter_l2_penalty, distill_forward
 from hyperlora.generator import GeneratorConfig
 from hyperlora.lora import LoRASpec
 from hyperlora.metrics import MetricsLogger
@@ -61,12 +62,17 @@ def make_hyper(student: torch.nn.Module | None = None, seed: int = 0, spec: LoRA
     return HyperLoRA(student if student is not None else sharp_student(), char_tokenizer(), config)
 
 
+DISTILL_FIELDS = {f.name for f in dataclasses.fields(DistillConfig)}
+
+
 def make_trainer(out_dir, hyper: HyperLoRA | None = None, eval_sets=None, logger=None, **overrides) -> Trainer:
+    """A trainer on TRAIN; ``overrides`` are TrainerConfig or DistillConfig fields."""
     options = dict(out_dir=str(out_dir), max_steps=8, batch_size=8, lr=1e-3, warmup_steps=4, eval_every=0,
                    save_every=0, progress=False, seed=0)
-    options.update(overrides)
+    options.update({k: v for k, v in overrides.items() if k not in DISTILL_FIELDS})
+    distill = DistillConfig(**{k: v for k, v in overrides.items() if k in DISTILL_FIELDS})
     return Trainer(hyper or make_hyper(), TRAIN, TrainerConfig(**options), eval_sets, logger=logger,
-                   max_length=MAX_LENGTH)
+                   max_length=MAX_LENGTH, distill=distill)
 
 
 def hypernet_state(hyper: HyperLoRA) -> dict[str, torch.Tensor]:
@@ -152,10 +158,13 @@ def test_batch_stream_bad_sizes_raise(batch_size, world, n):
 
 
 def test_trainer_config_refuses_bad_values():
-    for bad in (dict(max_steps=0), dict(batch_size=0), dict(lr=0.0), dict(loss="mse"), dict(bf16="maybe"),
-                dict(keep_last=0)):
+    for bad in (dict(max_steps=0), dict(batch_size=0), dict(lr=0.0), dict(bf16="maybe"), dict(keep_last=0)):
         with pytest.raises(ValueError):
             TrainerConfig(**bad)
+    for bad in (dict(loss="mse"), dict(temperature=0.0), dict(loss_chunk=0), dict(ce_weight=-1.0),
+                dict(adapter_l2=-0.1), dict(adapter_l2=float("nan"))):
+        with pytest.raises(ValueError, match=f"distill.{next(iter(bad))}"):
+            DistillConfig(**bad)
 
 
 # -- learning --------------------------------------------------------------------
@@ -335,13 +344,13 @@ def test_lora_dropout_is_applied_in_training(tmp_path):
     batch = trainer.collator(TRAIN[:4])
     hyper.eval()
     with torch.no_grad():
-        e1, _ = response_logits(hyper, hyper.student, batch, trainer.device)
-        e2, _ = response_logits(hyper, hyper.student, batch, trainer.device)
+        e1 = distill_forward(hyper, hyper.student, batch, trainer.device).student
+        e2 = distill_forward(hyper, hyper.student, batch, trainer.device).student
     assert torch.equal(e1, e2)
     hyper.train()  # what Trainer.train_step does
     torch.manual_seed(0)
-    t1, _ = response_logits(hyper, hyper.student, batch, trainer.device)
-    t2, _ = response_logits(hyper, hyper.student, batch, trainer.device)
+    t1 = distill_forward(hyper, hyper.student, batch, trainer.device).student
+    t2 = distill_forward(hyper, hyper.student, batch, trainer.device).student
     assert not torch.equal(t1, t2), (
         "LoRA dropout is inert in training: HyperLoRA.train() keeps the student's modules in eval mode and the "
         "injector applies dropout only when module.training."
@@ -357,6 +366,40 @@ def test_frozen_student_gets_no_gradients_even_with_ce(tmp_path):
     assert all(p.grad is None and not p.requires_grad for p in hyper.student.parameters())
     for key, value in before.items():
         assert torch.equal(value, hyper.student.state_dict()[key])
+
+
+# -- the L2 penalty on the generated adapters (distill.adapter_l2) ------------------------
+
+
+def test_adapter_l2_default_gives_exactly_the_kl_step(tmp_path):
+    plain = make_trainer(tmp_path / "a", max_steps=2).train_step()
+    zero = make_trainer(tmp_path / "b", max_steps=2, adapter_l2=0.0).train_step()
+    assert zero == plain and "adapter_l2" not in zero and zero["loss"] == zero["kl"]
+
+
+def test_adapter_l2_reaches_the_generator_and_shrinks_the_adapters(tmp_path):
+    probe = [r.prompt for r in TRAIN[:8]]
+
+    def after_steps(adapter_l2: float, steps: int) -> tuple[float, dict[str, float]]:
+        hyper = make_hyper()  # the same initial weights for both runs (seeded)
+        trainer = make_trainer(tmp_path / str(adapter_l2), hyper, max_steps=steps, lr=1e-2, warmup_steps=0,
+                               adapter_l2=adapter_l2)
+        for _ in range(steps):
+            metrics = trainer.train_step()
+        with torch.no_grad():
+            return adapter_l2_penalty(hyper.adapters(probe)).item(), metrics
+
+    # The penalty alone has a gradient on the generator's parameters (B starts at zero, A does not).
+    hyper = make_hyper()
+    adapter_l2_penalty(hyper.hypernet(probe)).backward()
+    grads = [p.grad for p in hyper.hypernet.generator.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+    plain, _ = after_steps(0.0, 2)
+    penalised, metrics = after_steps(10.0, 2)
+    assert metrics["adapter_l2"] > 0
+    assert metrics["loss"] == pytest.approx(metrics["kl"] + 10.0 * metrics["adapter_l2"], rel=1e-6)
+    assert penalised < 0.9 * plain, (penalised, plain)
 
 
 # -- the prompt-agnostic baseline -------------------------------------------------------

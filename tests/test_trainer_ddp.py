@@ -160,12 +160,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_torchrun_scripts_train_on_two_cpu_processes(model_dir, tmp_path):
+def test_torchrun_trains_on_two_cpu_processes(model_dir, tmp_path):
     root = Path(hyperlora.__file__).resolve().parents[1]
     out = tmp_path / "out"
-    command = [
+    command = [  # `torchrun -m hyperlora.cli train ...`: the installed entry point, configs from the package
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-        str(root / "scripts" / "train.py"), "experiment=tiny_test", f"model.path={model_dir}",
+        "-m", "hyperlora.cli", "train", "experiment=tiny_test", f"model.path={model_dir}",
         f"trainer.out_dir={out}", "logger=none", "trainer.max_steps=3", "trainer.eval_every=0", "trainer.save_every=0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

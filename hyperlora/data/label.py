@@ -17,7 +17,7 @@ from torch import nn
 from hyperlora.atomic import atomic_write_text
 from hyperlora.data.format import prefix_ids
 from hyperlora.data.records import Record
-from hyperlora.evaluate import greedy_decode
+from hyperlora.decoding import greedy_decode
 
 __all__ = ["label_missing"]
 

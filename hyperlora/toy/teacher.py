@@ -32,7 +32,7 @@ from hyperlora.schedule import warmup_cosine
 from hyperlora.atomic import atomic_directory
 from hyperlora.data.format import prefix_ids, prefix_text
 from hyperlora.toy.tasks import MAX_OUTPUT_CHARS, SPLITS, Example, build_split
-from hyperlora.evaluate import greedy_decode
+from hyperlora.decoding import greedy_decode
 from hyperlora.toy.tokenizer import char_tokenizer
 
 __all__ = [

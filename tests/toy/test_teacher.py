@@ -137,7 +137,7 @@ def test_pretrain_lowers_loss_and_writes_a_loadable_folder(tmp_path: Path, tok) 
 
 
 def test_script_runs_the_cpu_preset_with_overrides(tmp_path: Path) -> None:
-    path = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_teacher.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "pretrain_teacher.py"
     spec = importlib.util.spec_from_file_location("pretrain_teacher_script", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

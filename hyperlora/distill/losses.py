@@ -5,6 +5,9 @@ models' own dtype. Each loss walks the N rows in chunks and upcasts one chunk at
 time to fp32; with ``torch.utils.checkpoint`` around each chunk the fp32 copies are
 not kept for backward either, so at most ``chunk × V`` fp32 values are alive.
 All losses are means over the N response tokens; N = 0 gives an exact 0.
+
+``adapter_l2_penalty`` is the one loss on the generated adapters themselves (Text-to-LoRA
+and Doc-to-LoRA regularise the generated A and B the same way).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["LOSSES", "kl_loss", "cross_entropy_loss", "distillation_loss"]
+from hyperlora.lora import AdapterBatch
+
+__all__ = ["LOSSES", "adapter_l2_penalty", "kl_loss", "cross_entropy_loss", "distillation_loss"]
 
 
 def _forward_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
@@ -80,9 +85,30 @@ def cross_entropy_loss(student: Tensor, labels: Tensor, chunk: int = 1024) -> Te
     return _chunked_sum(_ce, (student, labels), chunk) / student.shape[0]
 
 
+def adapter_l2_penalty(adapters: AdapterBatch) -> Tensor:
+    """Mean over targets of ``mean(A²) + mean(B²)``, in fp32.
+
+    ``adapters``: ``{target: (A [B, D, R], B [B, R, O])}``; each mean runs over every element
+    (rows included), so the value does not grow with the batch, the width or the number of
+    targets::
+
+        penalty = 1/|targets| · Σ_t ( Σ A_t² / (B·D·R) + Σ B_t² / (B·R·O) )
+    """
+    if not adapters:
+        raise ValueError("adapter_l2_penalty needs at least one target's adapters.")
+    total = sum(A.float().square().mean() + B.float().square().mean() for A, B in adapters.values())
+    return total / len(adapters)
+
+
 def distillation_loss(student: Tensor, teacher: Tensor, labels: Tensor | None = None, kind: str = "forward_kl",
-                      temperature: float = 1.0, ce_weight: float = 0.0, chunk: int = 1024) -> dict[str, Tensor]:
-    """``{"loss", "kl", "ce"}``: ``loss = kl + ce_weight · ce`` (ce only when weighted and labels given)."""
+                      temperature: float = 1.0, ce_weight: float = 0.0, chunk: int = 1024,
+                      adapters: AdapterBatch | None = None, adapter_l2: float = 0.0) -> dict[str, Tensor]:
+    """``{"loss", "kl", "ce"?, "adapter_l2"?}``: ``loss = kl + ce_weight · ce + adapter_l2 · penalty``.
+
+    ``ce`` only when ``ce_weight > 0`` (needs ``labels [N]``); ``adapter_l2`` (the unweighted
+    ``adapter_l2_penalty`` of ``adapters``) only when ``adapter_l2 > 0``. With both weights 0
+    the loss is the KL alone, exactly.
+    """
     kl = kl_loss(student, teacher, kind, temperature, chunk)
     out = {"kl": kl, "loss": kl}
     if ce_weight > 0:
@@ -90,5 +116,13 @@ def distillation_loss(student: Tensor, teacher: Tensor, labels: Tensor | None = 
             raise ValueError("ce_weight > 0 needs labels.")
         ce = cross_entropy_loss(student, labels, chunk)
         out["ce"] = ce
-        out["loss"] = kl + ce_weight * ce
+        out["loss"] = out["loss"] + ce_weight * ce
+    if adapter_l2 < 0:
+        raise ValueError(f"adapter_l2 must be >= 0, got {adapter_l2}.")
+    if adapter_l2 > 0:
+        if adapters is None:
+            raise ValueError("adapter_l2 > 0 needs the generated adapters.")
+        penalty = adapter_l2_penalty(adapters)
+        out["adapter_l2"] = penalty
+        out["loss"] = out["loss"] + adapter_l2 * penalty
     return out

@@ -1,4 +1,5 @@
-"""``logits_at``: the LM head only where the loss looks, equal to full logits selected after.
+"""The distillation forward: ``logits_at`` (the LM head only where the loss looks, equal to full
+logits selected after) and ``distill_forward`` (student and teacher logits, and the adapters used).
 
 Axis letters: B batch (rows), T tokens, V vocabulary.
 """
@@ -9,8 +10,17 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from hyperlora.evaluate import logits_at
+from hyperlora.config import HyperLoRAConfig
+from hyperlora.data.collate import DistillCollator
+from hyperlora.distill import DistillForward, distill_forward
+from hyperlora.distill.forward import logits_at
+from hyperlora.encoder import EncoderConfig
+from hyperlora.generator import GeneratorConfig
+from hyperlora.lora import LoRASpec
+from hyperlora.model import HyperLoRA
 from hyperlora.toy.models import VOCAB_SIZE, tiny_model
+from hyperlora.toy.tasks import as_records, build_split
+from hyperlora.toy.tokenizer import char_tokenizer
 
 
 def _batch(T: int = 12) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,3 +90,36 @@ def test_empty_mask_gives_no_rows_and_keeps_the_graph() -> None:
         assert embed.weight.grad is not None and not embed.weight.grad.any()
     finally:
         embed.weight.requires_grad_(False)
+
+
+def test_distill_forward_returns_both_logits_and_the_adapters_it_used() -> None:
+    config = HyperLoRAConfig(lora=LoRASpec(4, 8.0), encoder=EncoderConfig(d_ctx=32, d_model=32, max_length=128),
+                             generator=GeneratorConfig(d_emb=16, d_hidden=64))
+    hyper = HyperLoRA(tiny_model("llama"), char_tokenizer(), config)
+    with torch.no_grad():  # off the zero start, so that the adapters move the student's logits
+        for p in hyper.hypernet.generator.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    teacher = tiny_model("llama", seed=1)
+    batch = DistillCollator(hyper.tokenizer, 256)(as_records(build_split("train", 3, 0)))
+    out = distill_forward(hyper, teacher, batch, torch.device("cpu"))
+    assert isinstance(out, DistillForward)
+
+    n = int(batch["student_loss_mask"].sum())
+    assert out.student.shape == out.teacher.shape == (n, VOCAB_SIZE)
+    assert out.student.requires_grad and not out.teacher.requires_grad and all(
+        A.requires_grad and B.requires_grad for A, B in out.adapters.values())
+    with torch.no_grad():
+        expected_adapters = hyper.hypernet(batch["prompts"])
+        assert out.adapters.keys() == expected_adapters.keys()
+        for name, (A, B) in expected_adapters.items():
+            assert A.shape[0] == 3 and torch.equal(out.adapters[name][0], A) and torch.equal(out.adapters[name][1], B)
+        full_teacher = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"])
+        with hyper.inject(expected_adapters):
+            full_student = hyper.student(input_ids=batch["student_input_ids"],
+                                         attention_mask=batch["student_attention_mask"])
+        bare = hyper.student(input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"])
+    torch.testing.assert_close(out.teacher, full_teacher.logits[batch["teacher_loss_mask"]], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.student, full_student.logits[batch["student_loss_mask"]], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out.student, bare.logits[batch["student_loss_mask"]], atol=1e-3)  # adapters acted
+    out.student.sum().backward()  # the student's logits back-propagate into the generator
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in hyper.hypernet.generator.parameters())

@@ -1,0 +1,36 @@
+"""``DistillConfig``: what the training loss is made of (the Hydra group ``distill``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hyperlora.distill.losses import LOSSES
+
+__all__ = ["DistillConfig"]
+
+
+@dataclass
+class DistillConfig:
+    """``loss = KL_loss(teacher ‖ student) · temperature² + ce_weight · CE + adapter_l2 · penalty``.
+
+    ``penalty`` is ``adapter_l2_penalty``: the mean over targets of ``mean(A²) + mean(B²)``.
+    """
+
+    loss: str = "forward_kl"  # forward_kl (mass-covering) | reverse_kl (mode-seeking)
+    temperature: float = 1.0
+    ce_weight: float = 0.0  # cross-entropy against the response tokens, added to the KL
+    loss_chunk: int = 1024  # rows of [N, V] upcast to fp32 at a time
+    adapter_l2: float = 0.0  # weight of the L2 penalty on the generated A and B (Text-to-LoRA, Doc-to-LoRA)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"distill.loss={self.loss!r}; choose one of {', '.join(LOSSES)}.")
+        if not self.temperature > 0:
+            raise ValueError(f"distill.temperature must be positive, got {self.temperature!r}.")
+        if int(self.loss_chunk) < 1:
+            raise ValueError(f"distill.loss_chunk must be a positive integer, got {self.loss_chunk!r}.")
+        for name in ("ce_weight", "adapter_l2"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"distill.{name} must be a finite number >= 0, got {value!r}.")

@@ -1,0 +1,196 @@
+"""``TrainConfig``: the typed, validated form of the composed Hydra config of ``hyperlora train``.
+
+One dataclass per Hydra group (``conf/<group>/*.yaml``)::
+
+    model     ModelConfig       teacher   TeacherConfig     encoder  EncoderConfig
+    generator GeneratorConfig   lora      LoRASpec          data     DataConfig
+    trainer   TrainerConfig     distill   DistillConfig     logger   LoggerConfig
+
+The dataclasses are the schema *and* the defaults: ``TrainConfig`` is registered in Hydra's
+ConfigStore as ``train_schema`` and listed first in ``conf/config.yaml``'s defaults, so every
+field can be overridden on the command line (``trainer.weight_decay=0.1``) and a YAML lists only
+what differs from its dataclass. A key no dataclass has, or a value of the wrong type, is refused
+when the config is composed; ``train_config`` then builds the dataclasses, whose ``__post_init__``
+check the values (and refuses unknown keys of a plain dict, naming them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from hyperlora.base_models import DTYPES
+from hyperlora.config import HyperLoRAConfig
+from hyperlora.distill import DistillConfig
+from hyperlora.encoder import EncoderConfig
+from hyperlora.generator import GeneratorConfig
+from hyperlora.lora import LoRASpec
+from hyperlora.trainer import TrainerConfig
+
+__all__ = [
+    "SCHEMA_NAME",
+    "DataConfig",
+    "LoggerConfig",
+    "ModelConfig",
+    "TeacherConfig",
+    "TrainConfig",
+    "register_schema",
+    "train_config",
+]
+
+SCHEMA_NAME = "train_schema"
+DEFAULT_EVAL_SPLITS = ["train_unseen_inputs", "heldout_phrasing", "heldout_param", "heldout_compose"]
+
+
+@dataclass
+class ModelConfig:
+    """The student (group ``model``)."""
+
+    path: str = MISSING  # a local Hugging Face folder, or toy:<family> (hyperlora.base_models)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (the teacher's too)
+    attn_implementation: str = "sdpa"  # flash_attention_2 where flash-attn is installed
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r}; choose one of {', '.join(DTYPES)}.")
+
+
+@dataclass
+class TeacherConfig:
+    """The teacher (group ``teacher``)."""
+
+    # None (teacher=self): context distillation, the student itself with the prompt in context; no
+    # default, so that teacher=local without a path is refused instead of quietly distilling from the student.
+    path: str | None = MISSING
+
+
+@dataclass
+class DataConfig:
+    """Training and evaluation records (group ``data``)."""
+
+    source: str = "builtin"  # builtin: the seeded suite of hyperlora.toy.tasks | jsonl: your files
+    n_train: int = 4000  # builtin only
+    n_eval: int = 200  # per evaluation split
+    seed: int = 0
+    eval_splits: list[str] = field(default_factory=lambda: list(DEFAULT_EVAL_SPLITS))  # builtin only
+    max_length: int = 512  # tokens per collated row
+    on_error: str = "fail"  # jsonl: fail, or skip (malformed lines are reported and left out)
+    train: str | None = None  # jsonl: lines {"prompt", "input", "output"?}; a missing output is labelled by the teacher
+    eval: dict[str, str] = field(default_factory=dict)  # jsonl: {split name: path}
+
+    def __post_init__(self) -> None:
+        if self.source not in ("builtin", "jsonl"):
+            raise ValueError(f"data.source={self.source!r}; choose builtin or jsonl.")
+        if self.on_error not in ("fail", "skip"):
+            raise ValueError(f"data.on_error={self.on_error!r}; choose fail or skip.")
+        if self.source == "jsonl" and not self.train:
+            raise ValueError("data.source=jsonl needs data.train=/path/to/train.jsonl.")
+        for name in ("n_train", "n_eval", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"data.{name} must be a positive integer, got {getattr(self, name)!r}.")
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go (group ``logger``); metrics.jsonl lands in ``trainer.out_dir``."""
+
+    kind: str = "jsonl"  # none | jsonl | wandb (wandb also writes metrics.jsonl)
+    project: str = "hyperlora"  # wandb only
+    name: str | None = None  # wandb only
+    mode: str = "offline"  # wandb only: never touches the network unless set to online
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("none", "jsonl", "wandb"):
+            raise ValueError(f"logger.kind={self.kind!r}; choose none, jsonl or wandb.")
+
+    def wandb_options(self) -> dict[str, Any] | None:
+        return {"project": self.project, "name": self.name, "mode": self.mode} if self.kind == "wandb" else None
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``hyperlora train`` reads."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    lora: LoRASpec = field(default_factory=LoRASpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    targets: Any = None  # None = attention q,k,v,o; "all-linear"; a list of suffixes; a regex
+    prompt_agnostic: bool = False  # true: the baseline, one plain LoRA for every task
+    eval_before: bool = False  # also evaluate before the first step (the main job prints before/after)
+
+    def hyperlora_config(self) -> HyperLoRAConfig:
+        """What the checkpoint records: the student's name and the hypernetwork's parts."""
+        targets = list(self.targets) if isinstance(self.targets, (list, tuple)) else self.targets
+        return HyperLoRAConfig(base_model=self.model.path, targets=targets, lora=self.lora, encoder=self.encoder,
+                               generator=self.generator, prompt_agnostic=self.prompt_agnostic)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def register_schema() -> None:
+    """Register ``TrainConfig`` as ``train_schema`` in Hydra's ConfigStore (idempotent).
+
+    ``conf/config.yaml`` lists it first in its defaults: compose needs it registered.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=_schema())
+
+
+def _schema() -> DictConfig:
+    """``TrainConfig`` as an OmegaConf node: the defaults, the keys and the types."""
+    schema = OmegaConf.structured(TrainConfig)
+    # LoRASpec is a frozen value object, which OmegaConf turns into a read-only node; its config is settable.
+    OmegaConf.set_readonly(schema.lora, False)
+    return schema
+
+
+def _unknown_keys(data: Any, schema: type, where: str) -> list[str]:
+    """Dotted names of the keys of ``data`` that ``schema`` (a dataclass) and its parts lack."""
+    if not isinstance(data, dict):
+        return []
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    unknown = [f"{where}{key}" for key in data if key not in fields]
+    for key, value in data.items():
+        kind = fields[key].type if key in fields else None
+        part = _PARTS.get(kind) if isinstance(kind, str) else None
+        if part is not None:
+            unknown += _unknown_keys(value, part, f"{where}{key}.")
+    return unknown
+
+
+_PARTS: dict[str, type] = {cls.__name__: cls for cls in (
+    ModelConfig, TeacherConfig, EncoderConfig, GeneratorConfig, LoRASpec, DataConfig, TrainerConfig, DistillConfig,
+    LoggerConfig)}
+
+
+def train_config(cfg: TrainConfig | DictConfig | dict[str, Any]) -> TrainConfig:
+    """The typed, validated ``TrainConfig`` of a composed config (or of plain nested dicts).
+
+    Raises:
+        ValueError: an unknown key (every one is named) or a bad value.
+        omegaconf.errors.MissingMandatoryValue: a required value (``???``) was not set.
+        omegaconf.errors.ValidationError: a value of the wrong type.
+    """
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    unknown = sorted(_unknown_keys(plain, TrainConfig, ""))
+    if unknown:
+        raise ValueError(f"Unknown key(s) {unknown} in the train config; see hyperlora.train_config for the fields.")
+    merged = OmegaConf.merge(_schema(), plain)
+    return OmegaConf.to_object(merged)
+
+
+# On import too: a `hydra.main` entry point composes conf/config.yaml after importing hyperlora.train.
+register_schema()
