@@ -17,8 +17,9 @@ from probe_setup import CUDA, DEVICE, DTYPE, SIZE, SPEC
 from torch import Tensor
 from transformers import CompileConfig, StaticCache
 
-from hyperlora.bench.common import build_model, random_adapters
+from hyperlora.bench.common import build_model
 from hyperlora.targets import find_targets
+from hyperlora.toy.reference import random_adapters
 
 # What inject() sets on entry; set first so that entry has no compile cache to clear.
 torch._dynamo.config.skip_nnmodule_hook_guards = False

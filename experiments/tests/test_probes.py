@@ -1,4 +1,4 @@
-"""The probes in scripts/probes run on CPU (tiny model; TorchDynamo's eager backend where they compile)
+"""The probes in experiments/probes run on CPU (tiny model; TorchDynamo's eager backend where they compile)
 and show what they claim: the compiled model follows each injection exactly and forgets it after, the
 hooks trace without graph breaks, and each report's figures are consistent with each other."""
 
@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
+PROBES = ROOT / "experiments" / "probes"
 
 
 def _probe(script: str, out: Path) -> dict:
     env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "probes" / script)], env=env, cwd=ROOT,
+    done = subprocess.run([sys.executable, str(PROBES / script)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [p.name for p in out.iterdir()] == [script.replace(".py", ".json")]  # nothing half-written beside it

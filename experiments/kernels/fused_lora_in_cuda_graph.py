@@ -1,12 +1,13 @@
 """GPU time per call of a fused LoRA-add Triton kernel (shrink + expand + add, one launch) against
 ``bmm`` + ``baddbmm_`` at the decode shape (16 rows, 1 token, D 2048, rank 16, O 2048 or 512), 64 calls
 captured in one CUDA graph and replayed, so host launch time is out and in-graph launch gaps are in.
-A record of a rejected experiment (see the README's Performance section), not part of the package:
+A record of a rejected experiment (docs/performance.md, "Tried, measured, not kept"), not part of the package:
 needs CUDA and Triton.
 
-    python docs/benchmarks/bench/16_fused_kernel_in_cuda_graph.py    # JSON to $OUT
+    python experiments/kernels/fused_lora_in_cuda_graph.py    # JSON to $OUT
 
-The error column of the stored report (``16_...json``) was computed against a reference taken
+The error column of the stored report
+(``experiments/reports/2026-11-24_h100_3301430_fused_lora_in_cuda_graph.json``) was computed against a reference taken
 before the bmm timing loop had changed ``out``: it is meaningless there; fixed below.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (CUDA graphs) of the full-size student on CUDA, the eager backend on CPU: its logits against the
 eager injected model's, over two injections with different adapters, then the base after them.
 
-    python scripts/probes/compiled_logits.py        # JSON to stdout and to $OUT/compiled_logits.json
+    python experiments/probes/compiled_logits.py        # JSON to stdout and to $OUT/compiled_logits.json
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from probe_setup import CUDA, DEVICE, DTYPE, SIZE, SPEC
 from torch import Tensor
 
 from hyperlora.atomic import atomic_write_text
-from hyperlora.bench.common import build_model, random_adapters
+from hyperlora.bench.common import build_model
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
+from hyperlora.toy.reference import random_adapters
 
 model = build_model(SIZE, DTYPE, DEVICE)
 targets = find_targets(model)

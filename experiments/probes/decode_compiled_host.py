@@ -2,7 +2,7 @@
 CUDA graphs), base against injected: wall ms per token in the order base, injected, base, injected,
 and the self CPU time per token of the ops that differ (profiler, 64-token minus 1-token call).
 
-    python scripts/probes/decode_compiled_host.py      # full size inductor on CUDA; tiny eager on CPU
+    python experiments/probes/decode_compiled_host.py      # full size inductor on CUDA; tiny eager on CPU
 """
 
 from __future__ import annotations

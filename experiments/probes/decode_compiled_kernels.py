@@ -3,7 +3,7 @@
 kernel ms per token and kernels per token (profiler, difference of a 64-token and a 1-token call),
 and the kernels that take the most time per token.
 
-    python scripts/probes/decode_compiled_kernels.py     # full size inductor on CUDA; tiny eager on CPU
+    python experiments/probes/decode_compiled_kernels.py     # full size inductor on CUDA; tiny eager on CPU
 
 Variants of the injected hook's maths at decode (T = 1): ``bmm`` (the injector's ``bmm`` +
 ``baddbmm_``) and ``pointwise`` (the same sums written as broadcast products and ``sum``, which

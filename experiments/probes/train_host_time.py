@@ -6,7 +6,7 @@ model (an adapter per row) and PEFT (one shared adapter), in one process: wall m
 forward with a graph alone and of forward + backward (interleaved repeats), GPU kernel ms, and
 the self CPU time per op of one forward + backward against the base's (profiler).
 
-    python scripts/probes/train_host_time.py      # full size on CUDA, tiny on CPU; JSON to $OUT
+    python experiments/probes/train_host_time.py      # full size on CUDA, tiny on CPU; JSON to $OUT
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import torch
 from probe_setup import CUDA, DEVICE, DTYPE, SIZE, SPEC
 
 from hyperlora.atomic import atomic_write_text
-from hyperlora.bench.common import build_model, random_adapters, wrap_lora
+from hyperlora.bench.common import build_model
 from hyperlora.bench.timing import device_kernels, time_interleaved
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
+from hyperlora.toy.reference import random_adapters, wrap_lora
 
 model = build_model(SIZE, DTYPE, DEVICE)
 targets = find_targets(model)

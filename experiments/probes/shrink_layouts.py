@@ -9,7 +9,7 @@ and with its left operand a strided view. Each variant is captured 200 times in 
 the graph replayed: the per-call time includes the ~2 µs a graph node costs, as in compiled decoding.
 On CPU (the tests) the calls run in a plain loop in fp32: the checks hold, the times mean nothing.
 
-    python scripts/probes/shrink_layouts.py      # CUDA (a CUDA graph) or CPU; JSON to $OUT
+    python experiments/probes/shrink_layouts.py      # CUDA (a CUDA graph) or CPU; JSON to $OUT
 """
 
 from __future__ import annotations

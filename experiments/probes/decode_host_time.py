@@ -7,7 +7,7 @@ returns at once, with the injector's hook, and the pieces of that hook alone, ea
 many calls queued back to back (host time per call; the kernels overlap it). Also the whole
 decode step's per-op host time (profiler, self CPU time per op) for the base and injected model.
 
-    python scripts/probes/decode_host_time.py      # full size on CUDA, small on CPU; JSON to $OUT
+    python experiments/probes/decode_host_time.py      # full size on CUDA, small on CPU; JSON to $OUT
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from hyperlora.atomic import atomic_write_text
-from hyperlora.bench.common import build_model, random_adapters
+from hyperlora.bench.common import build_model
 from hyperlora.injector import inject
 from hyperlora.targets import find_targets
+from hyperlora.toy.reference import random_adapters
 
 ROWS, D, R = SIZE.decode_batch, SIZE.hidden, SPEC.rank
 CALLS = 2000 if CUDA else 200

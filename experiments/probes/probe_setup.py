@@ -1,7 +1,7 @@
 """What every probe runs on: the device, its dtype, the bench size and the LoRA spec.
 
 Full size in bf16 on CUDA, the tests' tiny size in fp32 on CPU; a size name as the first
-argument overrides the size (``python scripts/probes/<probe>.py small``).
+argument overrides the size (``python experiments/probes/<probe>.py small``).
 """
 
 from __future__ import annotations
