@@ -6,8 +6,9 @@ into adapters, the student reads input ⊕ response with them injected, and the
 loss compares the two at the response tokens. Then clip, AdamW, schedule.
 
 Checkpoints (``out_dir/checkpoints/step-NNNNNN``) hold the hypernetwork (a normal
-``save_pretrained`` folder) plus ``trainer_state.pt`` (optimiser, schedule, data
-stream, RNG): written atomically, the last ``keep_last`` kept, and ``resume=True``
+``save_pretrained`` folder) plus ``trainer_state.json`` + ``trainer_state.safetensors``
+(optimiser, schedule, data stream, RNG; ``hyperlora.state_io``: no pickle, so a planted
+file cannot run code on resume): written atomically, the last ``keep_last`` kept, and ``resume=True``
 continues from the newest one with the same losses as an uninterrupted run.
 """
 
@@ -34,10 +35,12 @@ from hyperlora.evaluate import exact_match, heldout_kl
 from hyperlora.metrics import MetricsLogger
 from hyperlora.model import HyperLoRA
 from hyperlora.schedule import warmup_cosine
+from hyperlora.state_io import load_state, save_state
 
 __all__ = ["TrainerConfig", "Trainer", "warmup_cosine"]
 
-STATE_NAME = "trainer_state.pt"
+STATE_STEM = "trainer_state"  # trainer_state.json + trainer_state.safetensors (hyperlora.state_io)
+STATE_NAME = STATE_STEM + ".json"  # its presence marks a complete checkpoint
 
 
 @dataclass
@@ -197,24 +200,25 @@ class Trainer:
         }
         with atomic_directory(path, overwrite=True) as tmp:
             self.hyper.save_pretrained(tmp / "hyperlora")
-            torch.save(state, tmp / STATE_NAME)
+            save_state(state, tmp / STATE_STEM)
         for old in self.checkpoints()[: -self.config.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         return path
 
     def checkpoints(self) -> list[Path]:
-        """Complete checkpoints, oldest first (temporary folders never match the name)."""
+        """Complete checkpoints, oldest first by step number (temporary folders never match the name)."""
         if not self.checkpoint_dir.is_dir():
             return []
-        found = [p for p in self.checkpoint_dir.iterdir() if re.fullmatch(r"step-\d{6}", p.name) and (p / STATE_NAME).is_file()]
-        return sorted(found)
+        # By number, not name: step-1000000 sorts after step-999999.
+        found = [p for p in self.checkpoint_dir.iterdir() if re.fullmatch(r"step-\d{6,}", p.name) and (p / STATE_NAME).is_file()]
+        return sorted(found, key=lambda p: int(p.name[len("step-"):]))
 
     def _resume(self) -> None:
         existing = self.checkpoints()
         if not existing:
             return  # nothing to resume: a fresh run
         latest = existing[-1]
-        state = torch.load(latest / STATE_NAME, map_location="cpu", weights_only=False)
+        state = load_state(latest / STATE_STEM)
         loaded = HyperLoRA.from_pretrained(latest / "hyperlora", student=self.hyper.student, tokenizer=self.hyper.tokenizer)
         self.hyper.hypernet.load_state_dict(loaded.hypernet.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])

@@ -31,7 +31,8 @@ from hyperlora.model import HyperLoRA
 from hyperlora.toy.models import tiny_config
 from hyperlora.toy.tokenizer import char_tokenizer
 from hyperlora.schedule import warmup_cosine
-from hyperlora.trainer import STATE_NAME, Trainer, TrainerConfig
+from hyperlora.state_io import load_state
+from hyperlora.trainer import STATE_NAME, STATE_STEM, Trainer, TrainerConfig
 
 MAX_LENGTH = 256
 
@@ -235,7 +236,7 @@ def test_keep_last_leaves_only_the_newest_checkpoints(run_a):
     assert [p.name for p in run_a["trainer"].checkpoints()] == names
     latest = folder / "step-000008"
     assert (latest / STATE_NAME).is_file()
-    state = torch.load(latest / STATE_NAME, map_location="cpu", weights_only=False)
+    state = load_state(latest / STATE_STEM)
     assert state["step"] == 8 and state["stream"] == {"epoch": 0, "position": 64}
     loaded = HyperLoRA.from_pretrained(latest / "hyperlora", student=run_a["hyper"].student,
                                        tokenizer=run_a["hyper"].tokenizer)
@@ -261,6 +262,40 @@ def test_resume_continues_with_identical_losses(run_a, tmp_path):
     final = hypernet_state(second.hyper)
     for key, value in run_a["final"].items():
         torch.testing.assert_close(final[key], value, rtol=1e-5, atol=1e-7)
+
+
+class _Payload:
+    """Unpickling this writes a file: what an attacker's ``trainer_state.pt`` would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_never_unpickles_a_planted_file(tmp_path):
+    first = make_trainer(tmp_path, save_every=2, max_steps=2)
+    first.fit()
+    latest = first.checkpoints()[-1]
+    assert not list(latest.glob("*.pt")), "trainer state must not be a pickle"
+    marker = tmp_path / "payload_ran"
+    torch.save({"x": _Payload(str(marker))}, latest / "trainer_state.pt")  # planted beside the real state
+    resumed = make_trainer(tmp_path, make_hyper(seed=5), save_every=2, max_steps=2, resume=True)
+    assert resumed.step == 2 and not marker.exists()
+    torch.save({"x": _Payload(str(marker))}, latest / "trainer_state.pt")
+    (latest / STATE_NAME).unlink()  # no JSON state: the folder is no complete checkpoint, so nothing is read
+    fresh = make_trainer(tmp_path, make_hyper(seed=5), save_every=2, max_steps=2, resume=True)
+    assert fresh.step == 0 and not marker.exists()
+
+
+def test_checkpoints_are_ordered_by_step_number_past_six_digits(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1)
+    for step in (999_999, 1_000_000, 12):
+        folder = tmp_path / "checkpoints" / f"step-{step:06d}"
+        folder.mkdir(parents=True)
+        (folder / STATE_NAME).write_text("{}")
+    assert [p.name for p in trainer.checkpoints()] == ["step-000012", "step-999999", "step-1000000"]
 
 
 def test_resume_without_checkpoint_is_a_fresh_run(tmp_path):

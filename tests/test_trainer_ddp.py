@@ -107,8 +107,8 @@ def ddp_run(tmp_path_factory):
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = old
-    ranks = [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
-    initial = [torch.load(tmp / f"initial{r}.pt") for r in range(WORLD)]
+    ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    initial = [torch.load(tmp / f"initial{r}.pt", weights_only=True) for r in range(WORLD)]
     return dict(tmp=tmp, ranks=ranks, initial=initial)
 
 
