@@ -11,7 +11,7 @@ The error column of the stored report
 before the bmm timing loop had changed ``out``: it is meaningless there; fixed below.
 """
 from __future__ import annotations
-import json, os, sys
+import json, os
 import torch
 import triton
 import triton.language as tl

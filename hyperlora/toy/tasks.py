@@ -26,8 +26,6 @@ side, so no evaluation input is ever a train input, for any ``n`` and any seed.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import zlib
 from collections.abc import Callable, Iterable, Sequence
