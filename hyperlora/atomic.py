@@ -11,7 +11,9 @@ replace of ``path``, and callable on its own) finishes or undoes the swap: a ``.
 without a target rolls forward, an ``.old`` without a target and without a ``.done`` rolls
 back, and leftovers that no longer matter (an unfinished ``.tmp``, an ``.old`` whose
 replacement is in place) are deleted. Only names of that exact shape beside ``path`` are
-ever touched.
+ever touched. ``recover_all(folder)`` does it for every name in a folder that has such
+leftovers (a run's start, under its lock), and ``remove_tree`` deletes a folder so that a
+kill half-way leaves only such a leftover, never a half-deleted folder under its own name.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "atomic_directory", "recover"]
+__all__ = ["atomic_write_text", "atomic_directory", "check_replaceable", "ordinary_file_mode", "recover", "recover_all",
+           "remove_tree"]
 
 
 def _umask() -> int:
@@ -33,13 +36,30 @@ def _umask() -> int:
     return mask
 
 
+def ordinary_file_mode() -> int:
+    """The mode an ordinary new file gets under the current umask (0644 under the usual 022).
+
+    ``tempfile.mkstemp`` and safetensors' writer make files private (0600); what the project
+    writes for others to read is chmod-ed to this before it is renamed into place.
+    """
+    return 0o666 & ~_umask()
+
+
+def _ordinary_permissions(folder: Path) -> None:
+    """Every file under ``folder`` readable as any other file the user writes."""
+    mode = ordinary_file_mode()
+    for root, _, names in os.walk(folder):
+        for name in names:
+            os.chmod(os.path.join(root, name), mode)
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); the result is an ordinary file
+        os.chmod(tmp, ordinary_file_mode())  # mkstemp makes it private (0600); the result is an ordinary file
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -71,6 +91,47 @@ def recover(path: str | os.PathLike[str]) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+# .NAME.<8 random characters>.tmp|done|old: what mkdtemp/mkstemp name the swap's folders and atomic_write_text's files.
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.(?P<kind>tmp|done|old)")
+
+
+def recover_all(folder: str | os.PathLike[str]) -> list[str]:
+    """``recover`` every entry of ``folder`` that a crashed replace left leftovers for; returns their names.
+
+    Also deletes the unfinished temporary files of ``atomic_write_text`` (``.NAME.xxxxxxxx.tmp``).
+    Call it only while no other process writes into ``folder`` (a run holds its ``RunLock``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    names: set[str] = set()
+    for entry in folder.iterdir():
+        match = _LEFTOVER.fullmatch(entry.name)
+        if match is None:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            names.add(match["name"])
+        elif match["kind"] == "tmp" and entry.is_file():
+            entry.unlink(missing_ok=True)
+    for name in sorted(names):
+        recover(folder / name)
+    return sorted(names)
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Delete a folder (or a file): a folder is first renamed to a ``.NAME.xxxxxxxx.tmp`` sibling, so a kill
+    half-way leaves a leftover that ``recover`` deletes, not a half-deleted folder under its own name."""
+    target = Path(path)
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+        return
+    if not target.exists():
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.replace(target, trash)  # an empty folder is replaced by a rename
+    shutil.rmtree(trash)
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False,
                      replaceable: Callable[[Path], bool] | None = None, what: str = "folder") -> Iterator[Path]:
@@ -91,13 +152,14 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False,
     """
     target = Path(path)
     recover(target)
-    _check_replaceable(target, overwrite, replaceable, what)
+    check_replaceable(target, overwrite, replaceable, what)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); the result is an ordinary folder
     try:
         yield tmp
-        _check_replaceable(target, overwrite, replaceable, what)  # it may have appeared meanwhile
+        _ordinary_permissions(tmp)  # whatever wrote the files (safetensors: 0600), they are ordinary files
+        check_replaceable(target, overwrite, replaceable, what)  # it may have appeared meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -112,14 +174,21 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False,
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _check_replaceable(target: Path, overwrite: bool, replaceable: Callable[[Path], bool] | None, what: str) -> None:
+def check_replaceable(target: str | os.PathLike[str], overwrite: bool,
+                      replaceable: Callable[[Path], bool] | None = None, what: str = "folder") -> None:
+    """Raise ``FileExistsError`` (one line naming the fix) unless ``atomic_directory`` may fill ``target``.
+
+    Callable on its own, to refuse before the work that would fill the folder (training a teacher).
+    """
+    target = Path(target)
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{target} exists and is not a directory; choose another output path.")
     if not (target.is_dir() and any(target.iterdir())):
         return
     if replaceable is not None and not replaceable(target):
         raise FileExistsError(
-            f"{target} exists and is not a {what} written by hyperlora; it was left untouched. "
+            f"{target} exists and is not {'an' if what[:1] in 'aeiou' else 'a'} {what} written by hyperlora; "
+            "it was left untouched. "
             "Choose another output path (or empty that folder)."
         )
     if not overwrite:

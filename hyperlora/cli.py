@@ -27,8 +27,10 @@ def _is_user_error(err: BaseException) -> bool:
     Ours are ValueError/FileNotFoundError/...; Hydra's and OmegaConf's too; and the operating
     system's refusals (a read-only folder, a full disk) that the user fixes outside Python.
     """
+    from hyperlora.run_lock import LockedError  # another process holds the output folder: the user waits or moves
+
     user = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
-            ImportError, KeyError)
+            ImportError, KeyError, LockedError)
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
         return True
     return isinstance(err, user) or type(err).__module__.split(".")[0] in ("hydra", "omegaconf")

@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[1/4] using the teacher in {TEACHER_DIR}")
 
     print("[2/4] training the hypernetwork (experiment=demo_cpu) ...")
-    cfg = compose_config(["experiment=demo_cpu", f"model.path={TEACHER_DIR}", *overrides])
+    # The demo's own run folder is replaced on every run (only what a run writes is deleted there),
+    # unless the caller asks to continue it.
+    fresh = [] if any(o.startswith(("trainer.resume=", "trainer.overwrite=")) for o in overrides) else [
+        "trainer.overwrite=true"]
+    cfg = compose_config(["experiment=demo_cpu", f"model.path={TEACHER_DIR}", *fresh, *overrides])
     result = run(cfg)
     out_dir = Path(cfg.trainer.out_dir)
 

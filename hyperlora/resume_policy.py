@@ -8,7 +8,7 @@ top of this one's weights and optimiser state, so it is refused, naming each cha
 A resume may change how the run continues and what it reports (``RESUMABLE``): how long it
 runs (``trainer.max_steps``), the learning-rate schedule's numbers (``lr``,
 ``warmup_steps``, ``min_lr_ratio``; the new values apply from the resumed step on, so a run
-that diverged can continue with a lower ``lr``), clipping, evaluation and saving cadence,
+that diverged can continue with a lower ``lr``), clipping and the loss-explosion guard, evaluation and saving cadence,
 logging, precision and checkpointing of activations, where the output goes.
 
 Configs are compared as plain nested dicts (``dataclasses.asdict``), by dotted key.
@@ -28,7 +28,7 @@ RESUMABLE: tuple[str, ...] = (
     "trainer.max_steps", "trainer.lr", "trainer.warmup_steps", "trainer.min_lr_ratio", "trainer.grad_clip",
     "trainer.eval_every", "trainer.eval_examples", "trainer.eval_batch_size", "trainer.max_new_tokens",
     "trainer.save_every", "trainer.keep_last", "trainer.resume", "trainer.overwrite", "trainer.out_dir",
-    "trainer.bf16", "trainer.gradient_checkpointing", "trainer.progress",
+    "trainer.max_loss_ratio", "trainer.bf16", "trainer.gradient_checkpointing", "trainer.progress",
     "data.n_eval", "data.eval_splits", "data.eval", "data.on_error",
     "logger.", "eval_before",
 )

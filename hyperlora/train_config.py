@@ -17,6 +17,7 @@ check the values (and refuses unknown keys of a plain dict, naming them).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "ModelConfig",
     "TeacherConfig",
     "TrainConfig",
+    "check_overrides",
     "register_schema",
     "train_config",
 ]
@@ -91,6 +93,8 @@ class DataConfig:
         for name in ("n_train", "n_eval", "max_length"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"data.{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if self.seed < 0:
+            raise ValueError(f"data.seed must be an integer >= 0, got {self.seed!r}.")
 
 
 @dataclass
@@ -153,6 +157,47 @@ def _schema() -> DictConfig:
     # LoRASpec is a frozen value object, which OmegaConf turns into a read-only node; its config is settable.
     OmegaConf.set_readonly(schema.lora, False)
     return schema
+
+
+_BOOL_WORDS = {"true", "false", "yes", "no", "on", "off"}
+
+
+def check_overrides(overrides: list[str], conf_dir: Path) -> None:
+    """Refuse, in one line each, what Hydra would misread or report without naming the override.
+
+    * an override that does not parse (Hydra's message does not say which one);
+    * ``experiment=NAME`` with no such preset (the group is optional: Hydra would ignore it);
+    * a boolean field given anything but true/false/yes/no/on/off (OmegaConf reads 2 as true).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            parser.parse_overrides([text])
+        except HydraException as err:
+            raise ValueError(f"Cannot read the override {text!r} ({' '.join(str(err).split())}); write key=value, "
+                             "e.g. trainer.lr=1e-4.") from None
+        key, _, value = text.lstrip("+~").partition("=")
+        if key == "experiment" and value and not (conf_dir / "experiment" / f"{value}.yaml").is_file():
+            known = sorted(p.stem for p in (conf_dir / "experiment").glob("*.yaml"))
+            raise ValueError(f"No experiment preset {value!r}; choose one of {', '.join(known)}.")
+        if _field_type(key) == "bool" and value.strip().lower() not in _BOOL_WORDS:
+            raise ValueError(f"{key} is true or false, got {value!r}.")
+
+
+def _field_type(dotted: str) -> str | None:
+    """The annotation (as written) of ``TrainConfig``'s field at a dotted key, or None if there is none."""
+    cls: Any = TrainConfig
+    annotation = None
+    for part in dotted.split("."):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            return None
+        annotation = fields[part].type
+        cls = _PARTS.get(annotation) if isinstance(annotation, str) else None
+    return annotation if isinstance(annotation, str) else None
 
 
 def _unknown_keys(data: Any, schema: type, where: str) -> list[str]:

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from hyperlora.loading import resolve_device
 from hyperlora.toy.teacher import PRESETS, get_preset, pretrain_teacher
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--out", required=True, help="output folder (replaced atomically when done)")
+    parser.add_argument("--out", required=True,
+                        help="a new or empty folder, or a teacher this script wrote (replaced atomically when done)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     # Overrides of single preset fields, for quick checks and sweeps.
     parser.add_argument("--steps", type=int)
@@ -35,10 +38,16 @@ def main(argv: list[str] | None = None) -> dict:
     preset = get_preset(args.preset)
     if "steps" in overrides:  # keep warmup a fixed share of the run, so --steps 5 stays valid
         overrides["warmup"] = round(preset.warmup * overrides["steps"] / preset.steps)
-    report = pretrain_teacher(preset.replace(**overrides), args.out, device=args.device)
+    device = resolve_device(args.device)  # before the (minutes-long) training: a bad --device fails now
+    report = pretrain_teacher(preset.replace(**overrides), args.out, device=device)
     print(json.dumps(report, indent=2))
     return report
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileExistsError, FileNotFoundError, PermissionError) as err:
+        # Bad input (a folder that is not a teacher, a bad override): one line, no traceback.
+        print(f"pretrain_teacher: error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperlora.atomic import atomic_directory, atomic_write_text, recover
+from hyperlora import atomic
+from hyperlora.atomic import atomic_directory, atomic_write_text, check_replaceable, recover, recover_all, remove_tree
 
 # Kills itself (SIGKILL: no cleanup, no finally) at the Nth os.replace of a folder replace, or inside the writer.
 KILLER = r"""
@@ -113,3 +114,70 @@ def test_atomic_write_text_keeps_ordinary_permissions(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("kill_at, expected", [(0, "old"), (1, "old"), (2, "old"), (3, "new")])
+def test_recover_all_recovers_every_interrupted_replace_in_a_folder(tmp_path: Path, kill_at: int,
+                                                                   expected: str) -> None:
+    # A run folder: two checkpoints, one of them interrupted mid-replace, and unrelated user files.
+    intact = _folder(tmp_path / "step-000002", "intact")
+    target = _folder(tmp_path / "step-000004", "old")
+    _kill_during_replace(target, kill_at)
+    (tmp_path / ".final_metrics.json.abcd_123.tmp").write_text("{")  # an atomic_write_text cut short
+    _folder(tmp_path / ".keep.me", "user")  # not the shape of a leftover
+    (tmp_path / "notes.tmp").write_text("user")
+    names = recover_all(tmp_path)
+    assert names == ["step-000004"]
+    assert (target / "value.txt").read_text() == expected and (intact / "value.txt").read_text() == "intact"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep.me", "notes.tmp", "step-000002", "step-000004"]
+    assert recover_all(tmp_path) == [] and recover_all(tmp_path / "missing") == []
+
+
+def test_remove_tree_leaves_a_recoverable_leftover_if_killed(tmp_path: Path) -> None:
+    target = _folder(tmp_path / "checkpoints", "x")
+    (target / "sub").mkdir()
+    (target / "sub" / "deep.txt").write_text("y")
+    remove_tree(target)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "metrics.jsonl").write_text("{}")
+    remove_tree(tmp_path / "metrics.jsonl")
+    remove_tree(tmp_path / "missing")
+    assert list(tmp_path.iterdir()) == []
+    # A kill after the rename, during the deletion: the folder is gone under its name and recover deletes the rest.
+    target = _folder(tmp_path / "checkpoints", "x")
+    real_rmtree = atomic.shutil.rmtree
+    try:
+        atomic.shutil.rmtree = lambda path, *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
+        with pytest.raises(KeyboardInterrupt):
+            remove_tree(target)
+    finally:
+        atomic.shutil.rmtree = real_rmtree
+    assert not target.exists() and len(list(tmp_path.iterdir())) == 1
+    recover(target)
+    assert list(tmp_path.iterdir()) == [] and not target.exists()  # nothing to roll back to: it was being deleted
+
+
+def test_check_replaceable_refuses_before_any_work(tmp_path: Path) -> None:
+    check_replaceable(tmp_path / "new", overwrite=False)  # missing: fine
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty", overwrite=False, replaceable=lambda p: False)  # empty: fine
+    user = _folder(tmp_path / "user", "data")
+    with pytest.raises(FileExistsError, match="not a teacher folder written by hyperlora"):
+        check_replaceable(user, overwrite=True, replaceable=lambda p: False, what="teacher folder")
+    with pytest.raises(FileExistsError, match="pass --force"):
+        check_replaceable(user, overwrite=False)
+    check_replaceable(user, overwrite=True, replaceable=lambda p: True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "user"]
+
+
+def test_files_written_into_an_atomic_folder_get_ordinary_permissions(tmp_path: Path) -> None:
+    # safetensors (and mkstemp) write 0600; what the project saves is an ordinary file, as weights and plots should be.
+    from hyperlora.atomic import ordinary_file_mode
+
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "sub").mkdir()
+        for path in (tmp / "weights.bin", tmp / "sub" / "state.json"):
+            path.write_text("x")
+            path.chmod(0o600)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert modes == {"weights.bin": ordinary_file_mode(), "state.json": ordinary_file_mode()}

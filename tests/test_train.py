@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -227,3 +230,179 @@ def test_compose_refuses_a_missing_conf_dir(monkeypatch, tmp_path):
     monkeypatch.setattr(train_module, "CONF_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="Hydra configs"):
         train_module.compose_config([])
+
+
+# -- the run folder: identity, refusals, overwrite, resume, lock (issue 14) ---------------------------------
+
+
+def _tiny(out, *extra: str) -> list[str]:
+    """A 2-step run of experiment=tiny_test into ``out`` with almost no evaluation: a few seconds."""
+    return ["experiment=tiny_test", f"trainer.out_dir={out}", "trainer.max_steps=2", "trainer.save_every=2",
+            "trainer.eval_every=0", "trainer.eval_examples=2", "data.n_eval=2", "data.n_train=32",
+            "data.eval_splits=[train_unseen_inputs]", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 2-step run folder, and its result; tests copy it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    return out, run(compose_config(_tiny(out)))
+
+
+@pytest.fixture
+def used(finished_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out)
+    return out
+
+
+def _snapshot(folder) -> dict:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def _no_loading(monkeypatch) -> None:
+    """Every refusal comes before a model is loaded: fast, and nothing else happens."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the run folder was checked")
+
+    monkeypatch.setattr(train_module, "load_base_model", refuse)
+
+
+def test_a_new_run_writes_its_identity(finished_run):
+    from hyperlora.resume_policy import run_identity
+
+    out, result = finished_run
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["format"] == "hyperlora-run/1"
+    assert saved["identity"] == run_identity(saved["config"])
+    assert saved["config"]["trainer"]["max_steps"] == 2 and saved["config"]["lora"]["rank"] == 4
+    assert result["steps"] == 2
+
+
+def test_a_non_empty_folder_without_a_run_is_refused_untouched(tmp_path, monkeypatch):
+    # trainer.out_dir=. in a checkout: the package source must never become a checkpoint.
+    out = tmp_path / "checkout"
+    (out / "hyperlora").mkdir(parents=True)
+    (out / "hyperlora" / "__init__.py").write_text("source")
+    (out / "README.md").write_text("readme")
+    before = _snapshot(out)
+    _no_loading(monkeypatch)
+    with pytest.raises(FileExistsError, match="holds no hyperlora run.*left untouched.*new or empty trainer.out_dir"):
+        run(compose_config(_tiny(out, "trainer.overwrite=true")))  # overwrite does not make it ours
+    assert _snapshot(out) == before  # not even a lock file
+
+
+def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(used, monkeypatch):
+    before = _snapshot(used)
+    _no_loading(monkeypatch)
+    with pytest.raises(FileExistsError, match="holds another run.*trainer.resume=true.*trainer.overwrite=true"):
+        run(compose_config(_tiny(used, "lora.rank=2")))
+    assert _snapshot(used) == before
+    with pytest.raises(ValueError, match="pass only one"):
+        run(compose_config(_tiny(used, "trainer.resume=true", "trainer.overwrite=true")))
+
+
+def test_overwrite_deletes_only_what_a_run_wrote(used):
+    from hyperlora.resume_policy import run_identity
+
+    (used / "notes.txt").write_text("mine")
+    (used / "mine").mkdir()
+    (used / "mine" / "data.bin").write_bytes(b"\x00")
+    (used / "checkpoints" / "step-000009").mkdir()  # an old run's higher step must not survive the pruning
+    (used / "checkpoints" / "step-000009" / "trainer_state.json").write_text("{}")
+    old_identity = json.loads((used / "run.json").read_text())["identity"]
+    result = run(compose_config(_tiny(used, "lora.rank=2", "trainer.overwrite=true")))
+    assert result["steps"] == 2
+    saved = json.loads((used / "run.json").read_text())
+    assert saved["identity"] != old_identity and saved["identity"] == run_identity(saved["config"])
+    assert (used / "notes.txt").read_text() == "mine" and (used / "mine" / "data.bin").read_bytes() == b"\x00"
+    assert sorted(p.name for p in (used / "checkpoints").iterdir()) == ["step-000002"]
+    rows = [json.loads(line) for line in (used / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # one run's metrics, not two interleaved
+    assert HyperLoRA.from_pretrained(used / "hyperlora").spec.rank == 2
+    assert not [p.name for p in used.iterdir() if p.name.endswith((".tmp", ".old", ".done"))]
+
+
+def test_resume_refuses_a_changed_setting_by_name_and_applies_an_allowed_one(used, monkeypatch):
+    before = _snapshot(used)
+    with monkeypatch.context() as patch:
+        _no_loading(patch)
+        with pytest.raises(ValueError, match=r"lora\.rank \(4 -> 2\).*trainer\.seed \(0 -> 1\)"):
+            run(compose_config(_tiny(used, "trainer.resume=true", "lora.rank=2", "trainer.seed=1")))
+    assert _snapshot(used) == before
+    result = run(compose_config(_tiny(used, "trainer.resume=true", "trainer.max_steps=3")))  # a longer run: allowed
+    assert result["steps"] == 3
+    saved = json.loads((used / "run.json").read_text())
+    assert saved["config"]["trainer"]["max_steps"] == 3 and saved["created"] == json.loads(
+        before["run.json"])["created"]
+
+
+def test_resuming_a_finished_run_keeps_its_final_loss(finished_run, used):
+    final = json.loads((used / "final_metrics.json").read_text())
+    result = run(compose_config(_tiny(used, "trainer.resume=true")))
+    assert result["steps"] == 2 and result["final_loss"] == final["final_loss"] == finished_run[1]["final_loss"]
+    assert json.loads((used / "final_metrics.json").read_text())["final_loss"] == final["final_loss"]
+    # Without final_metrics.json, the loss logged at that step.
+    (used / "final_metrics.json").unlink()
+    logged = [json.loads(line) for line in (used / "metrics.jsonl").read_text().splitlines()][-1]
+    assert run(compose_config(_tiny(used, "trainer.resume=true")))["final_loss"] == logged["loss"]
+
+
+def test_a_run_that_made_nothing_is_replaced_without_flags(tmp_path):
+    # A typo in model.path fails after run.json was written; the corrected command starts afresh.
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="no_model_here"):
+        run(compose_config(_tiny(out, f"model.path={tmp_path / 'no_model_here'}")))
+    assert (out / "run.json").is_file()
+    assert run(compose_config(_tiny(out)))["steps"] == 2
+
+
+def test_leftovers_of_crashed_saves_are_recovered_at_start(used, tmp_path):
+    from hyperlora.train import open_run_folder
+
+    # A kill between a replace's renames: the complete new hyperlora/ waits as .done, the target is missing.
+    (used / "hyperlora").rename(used / ".hyperlora.abcdefgh.done")
+    (used / "checkpoints" / ".step-000004.abcdefgh.tmp").mkdir()  # a checkpoint being written
+    (used / "checkpoints" / ".step-000004.abcdefgh.tmp" / "half").write_text("x")
+    (used / ".final_metrics.json.abcd_123.tmp").write_text("{")  # an atomic_write_text cut short
+    config = json.loads((used / "run.json").read_text())["config"]
+    open_run_folder(used, config, resume=True).release()
+    assert (used / "hyperlora" / "hyperlora_config.json").is_file()
+    assert sorted(p.name for p in used.iterdir()) == sorted(
+        [".lock", "checkpoints", "final_metrics.json", "hyperlora", "metrics.jsonl", "run.json"])
+    assert [p.name for p in (used / "checkpoints").iterdir()] == ["step-000002"]
+
+
+def test_the_run_holds_its_folder_locked(tmp_path, monkeypatch):
+    from hyperlora.run_lock import LockedError, RunLock
+    from hyperlora.trainer import Trainer
+
+    out = tmp_path / "run"
+    seen = []
+    fit = Trainer.fit
+
+    def fit_and_probe(self):
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+            RunLock(out).acquire()
+        seen.append(True)
+        return fit(self)
+
+    monkeypatch.setattr(Trainer, "fit", fit_and_probe)
+    run(compose_config(_tiny(out)))
+    assert seen == [True]
+    RunLock(out).acquire().release()  # released when the run ends
+
+
+def test_a_second_process_gets_one_line_naming_the_holder(tmp_path):
+    from hyperlora.run_lock import RunLock
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with RunLock(out):  # this process holds the folder, as a running training would
+        done = subprocess.run([sys.executable, "-m", "hyperlora.cli", "train", *_tiny(out)], env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"pid {os.getpid()}" in lines[0] and "in use by another hyperlora process" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written beside the lock

@@ -29,10 +29,11 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from hyperlora.schedule import warmup_cosine
-from hyperlora.atomic import atomic_directory
+from hyperlora.atomic import atomic_directory, check_replaceable
 from hyperlora.data.format import prefix_ids, prefix_text
 from hyperlora.toy.tasks import MAX_OUTPUT_CHARS, SPLITS, Example, build_split
 from hyperlora.decoding import greedy_decode
+from hyperlora.ownership import TEACHER_MARK, is_teacher_folder
 from hyperlora.toy.tokenizer import char_tokenizer
 
 __all__ = [
@@ -47,7 +48,8 @@ __all__ = [
     "pretrain_teacher",
 ]
 
-REPORT_NAME = "teacher_report.json"
+REPORT_NAME = TEACHER_MARK  # teacher_report.json: also what marks a folder as a teacher written here
+_WHAT = "teacher folder"  # how a refusal names what it expected
 IGNORE_INDEX = -100  # the label Hugging Face's causal-LM loss skips
 
 
@@ -334,7 +336,10 @@ def pretrain_teacher(preset: TeacherPreset, out_dir: str | Path, device: str | t
 
     ``out_dir`` is replaced only once everything is written; on any failure it is
     left as it was. Returns the report also written to ``out_dir/teacher_report.json``.
+    Only a missing or empty folder, or a teacher written here before (it has that report),
+    is replaced: anything else is refused before training starts.
     """
+    check_replaceable(out_dir, True, is_teacher_folder, _WHAT)  # fail in a second, not after the training
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     started = time.perf_counter()
     tokenizer = char_tokenizer()
@@ -363,7 +368,7 @@ def pretrain_teacher(preset: TeacherPreset, out_dir: str | Path, device: str | t
         "seconds": {"train": round(train_seconds, 1), "eval": round(time.perf_counter() - eval_start, 1),
                     "total": round(time.perf_counter() - started, 1)},
     })
-    with atomic_directory(out_dir, overwrite=True) as tmp:
+    with atomic_directory(out_dir, overwrite=True, replaceable=is_teacher_folder, what=_WHAT) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")

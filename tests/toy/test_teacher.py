@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,6 +114,7 @@ def test_training_is_deterministic(tok) -> None:
 def test_pretrain_lowers_loss_and_writes_a_loadable_folder(tmp_path: Path, tok) -> None:
     out = tmp_path / "teacher"
     out.mkdir()
+    (out / REPORT_NAME).write_text("{}")  # a teacher written here before: replaced as a whole
     (out / "stale.txt").write_text("from an earlier run")  # must be replaced, not merged
     report = pretrain_teacher(TINY, out, device="cpu", log=lambda _: None)
 
@@ -145,3 +148,42 @@ def test_script_runs_the_cpu_preset_with_overrides(tmp_path: Path) -> None:
                           "--eval-examples", "2", "--device", "cpu"])
     assert report["preset"]["steps"] == 3 and report["preset"]["warmup"] <= 3
     assert (tmp_path / "t" / REPORT_NAME).is_file()
+
+
+def _user_folder(path: Path) -> dict:
+    path.mkdir()
+    (path / "notes.txt").write_text("user data")
+    (path / "src").mkdir()
+    (path / "src" / "main.py").write_text("print('hi')")
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))}
+
+
+def test_pretrain_refuses_a_folder_that_is_not_a_teacher_before_training(tmp_path: Path, monkeypatch) -> None:
+    import hyperlora.toy.teacher as teacher_module
+
+    out = tmp_path / "mine"
+    before = _user_folder(out)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the output folder was checked")
+
+    monkeypatch.setattr(teacher_module, "_train", no_training)
+    with pytest.raises(FileExistsError, match="not a teacher folder written by hyperlora; it was left untouched"):
+        pretrain_teacher(TINY, out, device="cpu", log=lambda _: None)
+    after = {str(p.relative_to(out)): p.read_bytes() if p.is_file() else None for p in sorted(out.rglob("*"))}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a directory"):
+        pretrain_teacher(TINY, tmp_path / "file", device="cpu", log=lambda _: None)
+
+
+def test_script_refuses_a_user_folder_in_one_line(tmp_path: Path) -> None:
+    path = Path(__file__).resolve().parents[2] / "scripts" / "pretrain_teacher.py"
+    out = tmp_path / "mine"
+    before = _user_folder(out)
+    done = subprocess.run([sys.executable, str(path), "--out", str(out), "--steps", "3", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1 and "not a teacher folder" in done.stderr
+    after = {str(p.relative_to(out)): p.read_bytes() if p.is_file() else None for p in sorted(out.rglob("*"))}
+    assert after == before
