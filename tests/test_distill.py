@@ -264,3 +264,16 @@ def test_bf16_inputs_give_fp32_loss_close_to_fp32_reference(kind):
     leaf = s16.clone().requires_grad_(True)
     kl_loss(leaf, t16, kind).backward()
     assert leaf.grad.dtype == torch.bfloat16 and torch.isfinite(leaf.grad.float()).all()
+
+
+@pytest.mark.parametrize("key, value", [
+    ("loss_chunk", 2.5), ("loss_chunk", True), ("loss_chunk", "512"), ("temperature", float("inf")),
+    ("temperature", "2"), ("ce_weight", "x"), ("ce_weight", float("inf")), ("adapter_l2", True), ("loss", None),
+])
+def test_distill_config_refuses_wrong_types_in_one_line(key, value):
+    from hyperlora.distill import DistillConfig
+
+    with pytest.raises(ValueError, match=f"distill.{key}") as err:
+        DistillConfig(**{key: value})
+    assert "\n" not in str(err.value)
+    DistillConfig(loss_chunk=1, temperature=2, ce_weight=0, adapter_l2=0.5)  # ints where floats belong are fine

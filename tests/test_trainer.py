@@ -162,6 +162,32 @@ def test_trainer_config_refuses_bad_values():
     for bad in (dict(max_steps=0), dict(batch_size=0), dict(lr=0.0), dict(bf16="maybe"), dict(keep_last=0)):
         with pytest.raises(ValueError):
             TrainerConfig(**bad)
+
+
+BAD_TRAINER_VALUES = [
+    ("max_steps", 2.5), ("max_steps", True), ("max_steps", "3"), ("batch_size", 8.0), ("accumulation", 0),
+    ("lr", float("inf")), ("lr", float("nan")), ("lr", -1e-3), ("lr", "abc"), ("weight_decay", -0.01),
+    ("weight_decay", float("inf")), ("warmup_steps", -1), ("warmup_steps", 1.5), ("min_lr_ratio", 1.5),
+    ("min_lr_ratio", -0.1), ("grad_clip", -1.0), ("grad_clip", float("nan")), ("save_every", -1),
+    ("eval_every", -5), ("eval_examples", 0), ("keep_last", 1.0), ("seed", 0.5), ("seed", -3), ("max_loss_ratio", 0.5),
+    ("resume", "no"), ("resume", 1), ("progress", "yes"), ("gradient_checkpointing", None),
+]
+
+
+@pytest.mark.parametrize("key, value", BAD_TRAINER_VALUES)
+def test_trainer_config_refuses_each_bad_number_in_one_line(key, value):
+    # Before: max_steps=2.5 ran 3 steps, grad_clip=-1 climbed the loss, save_every=-1 saved every step,
+    # resume="no" resumed (a non-empty string).
+    with pytest.raises(ValueError, match=f"trainer.{key}") as err:
+        TrainerConfig(**{key: value})
+    assert "\n" not in str(err.value)
+
+
+def test_trainer_config_accepts_the_edges():
+    config = TrainerConfig(grad_clip=0, save_every=0, eval_every=0, warmup_steps=0, min_lr_ratio=1, lr=1,
+                           weight_decay=0, max_loss_ratio=0, seed=0)
+    assert config.grad_clip == 0 and config.lr == 1
+    TrainerConfig(min_lr_ratio=0.0, resume=True, progress=False)
     for bad in (dict(loss="mse"), dict(temperature=0.0), dict(loss_chunk=0), dict(ce_weight=-1.0),
                 dict(adapter_l2=-0.1), dict(adapter_l2=float("nan"))):
         with pytest.raises(ValueError, match=f"distill.{next(iter(bad))}"):
@@ -298,6 +324,90 @@ def test_checkpoints_are_ordered_by_step_number_past_six_digits(tmp_path):
     assert [p.name for p in trainer.checkpoints()] == ["step-000012", "step-999999", "step-1000000"]
 
 
+def test_resume_applies_a_new_lr_and_schedule(tmp_path):
+    first = make_trainer(tmp_path, save_every=4, max_steps=4)
+    first.fit()
+    second = make_trainer(tmp_path, make_hyper(seed=3), save_every=4, max_steps=8, lr=1e-4, resume=True)
+    f = warmup_cosine(4, 8, 0.1)  # the new max_steps stretches the cosine too
+    assert second.scheduler.base_lrs == [1e-4]
+    assert second.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * f(4))
+    history = second.fit()
+    assert [h["lr"] for h in history] == pytest.approx([1e-4 * f(s) for s in range(5, 9)])
+
+
+@pytest.mark.parametrize("change, key", [
+    (dict(seed=1), "trainer.seed"), (dict(batch_size=4), "trainer.batch_size"),
+    (dict(weight_decay=0.1), "trainer.weight_decay"), (dict(temperature=2.0), "distill.temperature"),
+])
+def test_resume_refuses_changed_settings_by_name(tmp_path, change, key):
+    make_trainer(tmp_path, save_every=2, max_steps=2).fit()
+    with pytest.raises(ValueError, match=f"Cannot resume .*{key}") as err:
+        make_trainer(tmp_path, make_hyper(seed=5), max_steps=4, resume=True, **change)
+    assert "\n" not in str(err.value)
+
+
+def test_resume_with_another_lora_rank_names_the_key(tmp_path):
+    make_trainer(tmp_path, save_every=2, max_steps=2).fit()
+    with pytest.raises(ValueError, match=r"lora\.rank \(4 -> 8\)") as err:
+        make_trainer(tmp_path, make_hyper(spec=LoRASpec(8, 8.0)), max_steps=4, resume=True)
+    assert "\n" not in str(err.value)
+
+
+def _truncate(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_falls_back_past_a_truncated_checkpoint(run_a, tmp_path, capsys):
+    first = make_trainer(tmp_path, save_every=2, max_steps=4, keep_last=3)
+    first.fit()
+    assert [p.name for p in first.checkpoints()] == ["step-000002", "step-000004"]
+    _truncate(tmp_path / "checkpoints" / "step-000004" / "trainer_state.safetensors")
+    capsys.readouterr()
+    torch.manual_seed(1234)
+    second = make_trainer(tmp_path, make_hyper(seed=99), save_every=2, max_steps=8, resume=True)
+    warned = capsys.readouterr().err.strip().splitlines()
+    assert len(warned) == 1 and "step-000004" in warned[0]
+    assert second.step == 2
+    history = second.fit()
+    torch.testing.assert_close(torch.tensor([h["loss"] for h in history], dtype=torch.float64),
+                               torch.tensor([h["loss"] for h in run_a["history"][2:]], dtype=torch.float64),
+                               rtol=1e-5, atol=0)
+    assert [p.name for p in second.checkpoints()] == ["step-000006", "step-000008"]
+
+
+def test_resume_with_every_checkpoint_damaged_is_refused(tmp_path, capsys):
+    make_trainer(tmp_path, save_every=2, max_steps=2).fit()
+    _truncate(tmp_path / "checkpoints" / "step-000002" / "trainer_state.safetensors")
+    with pytest.raises(ValueError, match="None of the 1 checkpoints"):
+        make_trainer(tmp_path, max_steps=4, resume=True)
+
+
+def test_keep_last_never_deletes_the_checkpoint_just_written(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    make_trainer(tmp_path, save_every=1, max_steps=4, keep_last=4).fit()
+    folder = tmp_path / "checkpoints"
+    shutil.rmtree(folder / "step-000003")
+    _truncate(folder / "step-000004" / "trainer_state.safetensors")  # newer than what the resume will write next
+    resumed = make_trainer(tmp_path, make_hyper(seed=5), save_every=1, max_steps=4, keep_last=1, resume=True)
+    assert resumed.step == 2
+    real = Trainer.save_checkpoint
+    seen = []
+
+    def recording(self):
+        path = real(self)
+        seen.append((path.name, (path / STATE_NAME).is_file(), sorted(p.name for p in folder.iterdir())))
+        return path
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", recording)
+    resumed.fit()
+    # Before: keep_last counted the damaged step-4 and deleted step-3 right after writing it.
+    assert seen[0] == ("step-000003", True, ["step-000003", "step-000004"])
+    assert seen[1] == ("step-000004", True, ["step-000004"])
+    assert load_state(folder / "step-000004" / STATE_STEM)["step"] == 4
+
+
 def test_resume_without_checkpoint_is_a_fresh_run(tmp_path):
     trainer = make_trainer(tmp_path, resume=True, max_steps=2)
     assert trainer.step == 0
@@ -328,6 +438,127 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, monkeypatch):
         trainer.fit()
     assert trainer.step == 2
     assert_states_equal(hypernet_state(trainer.hyper), after_two)  # the bad step did not touch the weights
+
+
+def _poison_loss(monkeypatch, at_call: int, factor: float) -> None:
+    """Multiply every loss term of the ``at_call``-th call of ``distillation_loss`` by ``factor``."""
+    real = trainer_module.distillation_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        return {k: v * factor for k, v in out.items()} if calls["n"] == at_call else out
+
+    monkeypatch.setattr(trainer_module, "distillation_loss", poisoned)
+
+
+def test_stop_message_is_true_and_its_advice_works(tmp_path, monkeypatch):
+    _poison_loss(monkeypatch, 3, float("nan"))
+    trainer = make_trainer(tmp_path, max_steps=6, save_every=2)
+    with pytest.raises(FloatingPointError) as err:
+        trainer.fit()
+    message = str(err.value)
+    assert "\n" not in message
+    assert "at step 3" in message and "step-000002" in message and "is intact" in message
+    assert "trainer.resume=true trainer.lr=" in message
+    assert [p.name for p in trainer.checkpoints()] == ["step-000002"]  # nothing after the bad step was saved
+    # The advice: resume with a lower lr. It takes effect (it used to come back from the checkpoint).
+    monkeypatch.undo()
+    resumed = make_trainer(tmp_path, make_hyper(seed=7), max_steps=6, save_every=2, lr=1e-4, resume=True)
+    assert resumed.step == 2 and resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.75)
+    history = resumed.fit()
+    assert [h["step"] for h in history] == [3, 4, 5, 6] and all(math.isfinite(h["loss"]) for h in history)
+
+
+def test_first_step_without_checkpoint_says_so(tmp_path, monkeypatch):
+    _poison_loss(monkeypatch, 1, float("inf"))
+    with pytest.raises(FloatingPointError, match="at step 1: .*no checkpoint was saved yet"):
+        make_trainer(tmp_path, max_steps=3).fit()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_non_finite_gradient_stops_before_the_step(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=5)
+    trainer.train_step()
+    trainer.train_step()
+    after_two = hypernet_state(trainer.hyper)
+    param = trainer.hyper.trainable_parameters()[0]
+    param.register_hook(lambda grad: grad * float("nan"))  # the loss stays finite, one gradient does not
+    with pytest.raises(FloatingPointError, match="gradient norm .* at step 3"):
+        trainer.fit()
+    assert trainer.step == 2
+    assert_states_equal(hypernet_state(trainer.hyper), after_two)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_an_overflowing_lr_never_leaves_non_finite_weights(tmp_path):
+    # lr=inf is refused by the config; a finite lr whose update overflows float32 is caught after the step.
+    with pytest.raises(ValueError, match="trainer.lr"):
+        TrainerConfig(lr=float("inf"))
+    trainer = make_trainer(tmp_path, max_steps=3, lr=1e39, warmup_steps=0)
+    initial = hypernet_state(trainer.hyper)
+    with pytest.raises(FloatingPointError, match="optimiser step overflows .* at step 1"):
+        trainer.fit()
+    assert_states_equal(hypernet_state(trainer.hyper), initial)  # restored, also the tensors torch had updated
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_non_finite_weights_after_the_step_are_undone(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path / "a", max_steps=3, save_every=1)
+    trainer.train_step()
+    trainer.save_checkpoint()
+    after_one = hypernet_state(trainer.hyper)
+    real = trainer.optimizer.step
+
+    def overflowing(*args, **kwargs):
+        out = real(*args, **kwargs)
+        with torch.no_grad():
+            trainer.hyper.trainable_parameters()[-1].add_(float("inf"))
+        return out
+
+    monkeypatch.setattr(trainer.optimizer, "step", overflowing)
+    with pytest.raises(FloatingPointError,
+                       match="Non-finite weights after the optimiser step .* at step 2: .*step-000001"):
+        trainer.fit()
+    assert_states_equal(hypernet_state(trainer.hyper), after_one)
+    assert [p.name for p in trainer.checkpoints()] == ["step-000001"]
+
+
+def test_save_refuses_non_finite_weights(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.train_step()
+    trainer.save_checkpoint()
+    with torch.no_grad():
+        trainer.hyper.trainable_parameters()[0].view(-1)[0] = float("nan")
+    with pytest.raises(FloatingPointError, match="Non-finite weights .* nothing was saved; .*step-000001"):
+        trainer.save_checkpoint()
+    assert [p.name for p in trainer.checkpoints()] == ["step-000001"]
+    state = load_state(trainer.checkpoints()[0] / STATE_STEM)
+    assert state["step"] == 1
+
+
+def test_an_exploding_loss_stops_the_run(tmp_path, monkeypatch):
+    # A loss 1000 times the first one (0.34 -> 125 was seen with a diverging lr) stops the run before its step.
+    _poison_loss(monkeypatch, 4, 1000.0)
+    trainer = make_trainer(tmp_path, max_steps=6)
+    with pytest.raises(FloatingPointError, match="max_loss_ratio=100 .* at step 4"):
+        trainer.fit()
+    assert trainer.step == 3
+    _poison_loss(monkeypatch, 4, 1000.0)
+    assert len(make_trainer(tmp_path / "off", max_steps=6, max_loss_ratio=0).fit()) == 6  # 0 = no check
+    # A tiny first loss (a nearly uniform student: KL ~1e-4) does not make a rise to 1e-2 an explosion.
+    _poison_loss(monkeypatch, 1, 1e-4)
+    history = make_trainer(tmp_path / "tiny_first", max_steps=3).fit()
+    assert history[1]["loss"] > 100 * history[0]["loss"] and len(history) == 3
+
+
+def test_grad_clip_zero_means_no_clipping(tmp_path):
+    off = make_trainer(tmp_path / "off", max_steps=2, grad_clip=0.0)
+    huge = make_trainer(tmp_path / "huge", max_steps=2, grad_clip=1e9)
+    a, b = off.train_step(), huge.train_step()
+    assert a == b and a["grad_norm"] > 0
+    assert_states_equal(hypernet_state(off.hyper), hypernet_state(huge.hyper))
 
 
 # -- gradient checkpointing ----------------------------------------------------------

@@ -24,13 +24,19 @@ class DistillConfig:
     adapter_l2: float = 0.0  # weight of the L2 penalty on the generated A and B (Text-to-LoRA, Doc-to-LoRA)
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
+        if not isinstance(self.loss, str) or self.loss not in LOSSES:
             raise ValueError(f"distill.loss={self.loss!r}; choose one of {', '.join(LOSSES)}.")
-        if not self.temperature > 0:
-            raise ValueError(f"distill.temperature must be positive, got {self.temperature!r}.")
-        if int(self.loss_chunk) < 1:
+        if not _number(self.temperature) or not self.temperature > 0:
+            raise ValueError(f"distill.temperature must be a finite number > 0, got {self.temperature!r}.")
+        # An integer, not rounded: loss_chunk=2.5 is a mistake (and bool is an int subclass).
+        if not isinstance(self.loss_chunk, int) or isinstance(self.loss_chunk, bool) or self.loss_chunk < 1:
             raise ValueError(f"distill.loss_chunk must be a positive integer, got {self.loss_chunk!r}.")
         for name in ("ce_weight", "adapter_l2"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
+            if not _number(value) or value < 0:
                 raise ValueError(f"distill.{name} must be a finite number >= 0, got {value!r}.")
+
+
+def _number(value: object) -> bool:
+    """A finite int or float (not a bool, not a string)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
