@@ -100,5 +100,12 @@ def _load_folder(path: str, dtype: torch.dtype | None, attn_implementation: str 
         kwargs["dtype"] = dtype
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    return model, AutoTokenizer.from_pretrained(path) if tokenizer else None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path) if tokenizer else None
+    except (OSError, ValueError, KeyError) as err:
+        # transformers says "not a valid JSON file" / "Unrecognized model" as OSError/ValueError with no
+        # errno: a damaged or foreign folder, which is the user's to fix, not a bug of ours.
+        raise ValueError(f"{what}={path!r} cannot be loaded as a Hugging Face causal LM: "
+                         f"{' '.join(str(err).split())}") from None
+    return model, tok

@@ -5,13 +5,29 @@
     hyper.save_pretrained("ckpt");  HyperLoRA.from_pretrained("ckpt", student)
 
 Only ``hyper.hypernet`` (encoder + generator) trains and is saved; the student is
-frozen and recorded by path and by its target registry (names and shapes), so a
-checkpoint cannot be loaded onto a student it was not made for.
+frozen and recorded by its absolute path (or ``toy:`` name), its target registry (names
+and shapes) and its fingerprint (``hyperlora.fingerprint``), so a checkpoint cannot be
+loaded onto a student it was not made for: another architecture is refused by the
+registry, another model of the same shape by the fingerprint. ``from_pretrained(...,
+allow_other_base_model=True)`` (``--allow-other-base-model``) loads it anyway.
+
+The checkpoint format (``hyperlora_config.json``, format 2)::
+
+    format_version   2
+    config           HyperLoRAConfig.to_dict(), base_model absolute
+    registry         [{name, d_in, d_out, layer, kind}] of the student's targets
+    base_model       {dtype: the student's weight dtype at save,
+                      fingerprints: {dtype: fingerprint of the student's weights cast to dtype}}
+    weights_sha256   SHA-256 of hypernet.safetensors (written first; this file last)
+
+Format 1 checkpoints (no ``base_model``, no ``weights_sha256``) still load, with a one-line
+warning that they cannot be verified.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -24,16 +40,22 @@ from torch import Tensor, nn
 from hyperlora.atomic import atomic_directory
 from hyperlora.config import HyperLoRAConfig
 from hyperlora.encoder import PromptEncoder, build_encoder, check_prompts
+from hyperlora.fingerprint import file_sha256, model_fingerprint
 from hyperlora.generator import ShapeGroupedLoRAGenerator
 from hyperlora.injector import inject
 from hyperlora.lora import AdapterBatch
+from hyperlora.ownership import is_checkpoint
 from hyperlora.targets import Target, find_targets
 
 __all__ = ["HyperLoRA", "Hypernetwork", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "hyperlora_config.json"
 WEIGHTS_NAME = "hypernet.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: base model fingerprints and the weights' SHA-256 (1 still loads, unverified)
+TOY_PREFIX = "toy:"  # hyperlora.base_models.TOY_PREFIX (not imported: base_models loads lazily)
+# A student trained in float32 may be loaded in a coarser dtype (--dtype): its fingerprint is
+# recorded for those too, computed on the weights cast as loading in that dtype casts them.
+COARSER_DTYPES = {"float32": ("bfloat16", "float16")}
 AGNOSTIC_PROMPT = "Do the task."
 
 
@@ -209,26 +231,58 @@ class HyperLoRA(nn.Module):
 
     # -- save / load ---------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``hyperlora_config.json`` and ``hypernet.safetensors`` atomically."""
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "config": self.config.to_dict(),
-            "registry": registry(self.targets),
-        }
+        """Write ``hypernet.safetensors``, then ``hyperlora_config.json`` (with the weights' SHA-256), atomically.
+
+        Raises:
+            ValueError: a hypernetwork weight is NaN or infinite (nothing is written).
+            FileExistsError: ``directory`` is a non-empty folder that is not a HyperLoRA checkpoint.
+        """
         state = {k: v.detach().contiguous().cpu() for k, v in self.hypernet.state_dict().items()}
-        with atomic_directory(directory, overwrite=True) as tmp:
-            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        bad = non_finite(state)
+        if bad:
+            raise ValueError(f"Refusing to save to {directory}: hypernetwork weight {bad[0]} is NaN or infinite"
+                             f"{_more(bad)}; the model has diverged (lower the learning rate, or keep an earlier checkpoint).")
+        config = self.config.to_dict()
+        config["base_model"] = absolute_base_model(self.config.base_model)
+        meta: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "config": config,
+            "registry": registry(self.targets),
+            "base_model": base_model_record(self.student),
+        }
+        with atomic_directory(directory, overwrite=True, replaceable=is_checkpoint, what="HyperLoRA checkpoint") as tmp:
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            meta["weights_sha256"] = file_sha256(tmp / WEIGHTS_NAME)
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, student: nn.Module | None = None, tokenizer: Any = None,
-                        **student_kwargs: Any) -> HyperLoRA:
-        """Rebuild a saved HyperLoRA; ``student`` defaults to loading the recorded base model."""
+    def from_pretrained(cls, directory: str | Path, student: nn.Module | None = None, tokenizer: Any = None, *,
+                        allow_other_base_model: bool = False, **student_kwargs: Any) -> HyperLoRA:
+        """Rebuild a saved HyperLoRA; ``student`` defaults to loading the recorded base model.
+
+        Args:
+            student: the base model to bind (default: the one the checkpoint records, loaded
+                with ``student_kwargs`` such as ``dtype``).
+            allow_other_base_model: load even when ``student``'s fingerprint is not the one the
+                checkpoint was trained on (a fine-tuned or re-quantised variant, on purpose).
+
+        Raises:
+            FileNotFoundError: the folder or one of its files is missing.
+            ValueError: the checkpoint is corrupt, damaged, inconsistent or holds non-finite
+                weights; or it was made for another student.
+        """
         path = Path(directory)
         meta = read_checkpoint_config(path)
         config = HyperLoRAConfig.from_dict(meta["config"])
+        verify_weights_file(path, meta)  # before loading a student: a damaged checkpoint fails fast
+        if meta["format_version"] < 2:
+            _warn(f"checkpoint {path} is in format {meta['format_version']} and cannot be verified: it records no "
+                  "fingerprint of its base model nor checksum of its weights; re-save it to record them.")
         if student is None:
             student, tokenizer = _load_student(config.base_model, tokenizer, **student_kwargs)
+            loaded_from = str(config.base_model)
+        else:
+            loaded_from = getattr(getattr(student, "config", None), "_name_or_path", None) or "the student passed in"
         current = registry(find_targets(student, config.targets))
         diffs = registry_differences(meta["registry"], current)
         if diffs:
@@ -237,24 +291,157 @@ class HyperLoRA(nn.Module):
                 f"The checkpoint at {path} was made for another student (base model {config.base_model!r}): {shown}. "
                 "Load it with the student it was trained on."
             )
+        if "base_model" in meta:
+            check_base_model(path, meta["base_model"], config.base_model, student, loaded_from, allow_other_base_model)
         hyper = cls(student, tokenizer, config)
+        weights = path / WEIGHTS_NAME
         try:
-            state = load_file(str(path / WEIGHTS_NAME), device=str(next(student.parameters()).device))
+            state = load_file(str(weights), device=str(next(student.parameters()).device))
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path / WEIGHTS_NAME} is missing: the checkpoint is incomplete; re-save it.") from None
+            raise FileNotFoundError(f"{weights} is missing: the checkpoint is incomplete; re-save it.") from None
         except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{path / WEIGHTS_NAME} is corrupt ({err}); re-save the checkpoint.") from None
-        missing, unexpected = hyper.hypernet.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path / WEIGHTS_NAME} does not fit this configuration: missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}. Was the config edited after saving?"
-            )
+            raise ValueError(f"{weights} is corrupt ({err}); re-save the checkpoint.") from None
+        bad = non_finite(state)
+        if bad:
+            raise ValueError(f"{weights} holds NaN or infinite values in {bad[0]}{_more(bad)}: the checkpoint is "
+                             "unusable; load an earlier checkpoint or re-train.")
+        _check_fits(path, state, hyper.hypernet.state_dict())
+        hyper.hypernet.load_state_dict(state)
         return hyper.eval()
 
 
+def non_finite(state: dict[str, Tensor]) -> list[str]:
+    """The names of the floating tensors in ``state`` that hold a NaN or an infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _more(names: list[str]) -> str:
+    return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+
+
+def _warn(message: str) -> None:
+    # One line on stderr: a command's stderr carries one line per problem (warnings.warn would add a source line).
+    print(f"hyperlora: warning: {message}", file=sys.stderr)
+
+
+def _check_fits(path: Path, state: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    """Refuse weights whose names or shapes are not what the checkpoint's config builds."""
+    problems = [f"{k}: missing from {WEIGHTS_NAME}" for k in expected if k not in state]
+    problems += [f"{k}: in {WEIGHTS_NAME} but not built by the config" for k in state if k not in expected]
+    problems += [f"{k}: {tuple(v.shape)} in {WEIGHTS_NAME}, {tuple(expected[k].shape)} from the config"
+                 for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise ValueError(f"The checkpoint at {path} is inconsistent: its {CONFIG_NAME} does not fit its weights "
+                         f"({shown}). Was the config edited after saving? Restore it or re-save the checkpoint.")
+
+
+def absolute_base_model(name: str | None) -> str | None:
+    """``name`` as a checkpoint records it: a local folder absolute (loading from elsewhere finds it), else as is."""
+    if name is None or str(name).startswith(TOY_PREFIX):
+        return name
+    folder = Path(name).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else name
+
+
+def _dtype_name(model: nn.Module) -> str | None:
+    """The dtype of ``model``'s floating weights, as ``DTYPES`` names it (``float32``)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).removeprefix("torch.")
+    return None
+
+
+class _CastView:
+    """``model``'s config and floating weights cast to ``dtype``: what ``model_fingerprint`` reads of a model."""
+
+    def __init__(self, model: nn.Module, dtype: str) -> None:
+        self.config = getattr(model, "config", None)
+        self._model, self._dtype = model, getattr(torch, dtype)
+
+    def _cast(self, items: Any) -> Any:
+        return ((n, t.to(self._dtype) if t.is_floating_point() else t) for n, t in items)
+
+    def named_parameters(self) -> Any:
+        return self._cast(self._model.named_parameters())
+
+    def named_buffers(self) -> Any:
+        return self._cast(self._model.named_buffers())
+
+
+def _fingerprint_as(model: nn.Module, dtype: str) -> str:
+    return model_fingerprint(_CastView(model, dtype))  # type: ignore[arg-type]  # reads only what the view has
+
+
+def base_model_record(student: nn.Module) -> dict[str, Any]:
+    """``{dtype, fingerprints: {dtype: fingerprint}}`` of ``student``, for its own dtype and the coarser ones."""
+    dtype = _dtype_name(student)
+    if dtype is None:
+        return {"dtype": None, "fingerprints": {}}
+    try:
+        return {"dtype": dtype, "fingerprints": {d: _fingerprint_as(student, d)
+                                                 for d in (dtype, *COARSER_DTYPES.get(dtype, ()))}}
+    except ValueError:  # weights offloaded to the meta device: nothing to fingerprint
+        return {"dtype": dtype, "fingerprints": {}}
+
+
+def check_base_model(path: Path, record: dict[str, Any], recorded: str | None, student: nn.Module, loaded_from: str,
+                     allow_other: bool) -> None:
+    """Refuse ``student`` unless its fingerprint is the recorded one (``allow_other``: warn instead).
+
+    A student loaded in a dtype other than the trained one is compared in the coarser of the
+    two: float32 weights cast to bfloat16 are exactly what a bfloat16 load of them holds.
+    """
+    saved, fingerprints = record["dtype"], record["fingerprints"]
+    loaded = _dtype_name(student)
+    if loaded in fingerprints:  # the dtype it was trained in, or a coarser one recorded for it
+        compare_in = loaded
+    elif saved in fingerprints and saved in COARSER_DTYPES.get(loaded or "", ()):  # finer now: cast it down
+        compare_in = saved
+    else:
+        compare_in = None
+    try:
+        actual = _fingerprint_as(student, compare_in) if compare_in is not None else None
+    except ValueError:  # offloaded to the meta device: no values to compare
+        actual = None
+    if actual is None:
+        why = (f"trained in {saved}, loaded in {loaded}" if fingerprints and compare_in is None
+               else "no fingerprint recorded" if not fingerprints else "its weights are offloaded")
+        _warn(f"checkpoint {path} was trained on base model {recorded}; the model loaded from {loaded_from} cannot be "
+              f"verified to be the same model ({why}).")
+        return
+    expected = fingerprints[compare_in]
+    if actual == expected:
+        return
+    message = (f"checkpoint {path} was trained on base model {recorded} (fingerprint {expected}); the model loaded "
+               f"from {loaded_from} has fingerprint {actual}")
+    if allow_other:
+        _warn(f"{message}; loading it anyway (allow_other_base_model).")
+        return
+    raise ValueError(f"{message[0].upper()}{message[1:]}. Pass the right --base-model, or --allow-other-base-model "
+                     "(allow_other_base_model=True) if you mean it.")
+
+
+def verify_weights_file(path: Path, meta: dict[str, Any]) -> None:
+    """Refuse a missing ``hypernet.safetensors``, or one whose SHA-256 is not the recorded one."""
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing: the checkpoint is incomplete; re-save it.")
+    expected = meta.get("weights_sha256")
+    if expected is None:  # format 1
+        return
+    actual = file_sha256(weights)
+    if actual != expected:
+        raise ValueError(f"{weights} is damaged (corrupt): its SHA-256 is {actual[:16]}..., the checkpoint recorded "
+                         f"{expected[:16]}...; restore it from a copy or re-save the checkpoint.")
+
+
 def read_checkpoint_config(path: Path) -> dict[str, Any]:
-    """The parsed ``hyperlora_config.json`` of a checkpoint folder, or a clear error."""
+    """The parsed and checked ``hyperlora_config.json`` of a checkpoint folder, or a one-line error.
+
+    Every field is type-checked here (the config itself by ``HyperLoRAConfig.from_dict``), so an
+    edited file fails with a ``ValueError`` naming the key, before any model is loaded.
+    """
     if not path.is_dir():
         raise FileNotFoundError(f"No HyperLoRA checkpoint at {path}: the folder does not exist.")
     config_file = path / CONFIG_NAME
@@ -266,9 +453,48 @@ def read_checkpoint_config(path: Path) -> dict[str, Any]:
         raise ValueError(f"{config_file} is corrupt (not valid JSON: {err}); re-save the checkpoint.") from None
     if not isinstance(meta, dict) or not {"config", "registry"} <= set(meta):
         raise ValueError(f"{config_file} lacks 'config' or 'registry': not a HyperLoRA checkpoint config.")
-    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise ValueError(f"{config_file} has format version {meta['format_version']}; upgrade hyperlora to read it.")
+    version = meta.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise ValueError(f"{config_file} has format version {version}; upgrade hyperlora to read it.")
+    try:
+        _check_meta(meta)
+        HyperLoRAConfig.from_dict(meta["config"])
+    except ValueError as err:
+        raise ValueError(f"{config_file} is inconsistent: {err} Restore the file or re-save the checkpoint.") from None
     return meta
+
+
+def _check_meta(meta: dict[str, Any]) -> None:
+    """Types of everything in a checkpoint config but ``config`` (``HyperLoRAConfig.from_dict`` checks that)."""
+    meta.setdefault("format_version", 1)
+    version = meta["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"format_version must be a positive integer, got {version!r}.")
+    allowed = {"format_version", "config", "registry"} | ({"base_model", "weights_sha256"} if version >= 2 else set())
+    unknown = sorted(set(meta) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} for format {version}; allowed: {sorted(allowed)}.")
+    entries = meta["registry"]
+    fields = {"name": str, "d_in": int, "d_out": int}
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and all(isinstance(e.get(k), t) and not isinstance(e.get(k), bool) for k, t in fields.items())
+        for e in entries
+    ):
+        raise ValueError("registry must be a list of {name: string, d_in: integer, d_out: integer, ...}.")
+    if version < 2:
+        return
+    missing = sorted({"base_model", "weights_sha256"} - set(meta))
+    if missing:
+        raise ValueError(f"format {version} needs {missing}, which are missing.")
+    sha = meta["weights_sha256"]
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise ValueError(f"weights_sha256 must be 64 hex digits, got {sha!r}.")
+    record = meta["base_model"]
+    if not (isinstance(record, dict) and set(record) == {"dtype", "fingerprints"}
+            and (record["dtype"] is None or isinstance(record["dtype"], str))
+            and isinstance(record["fingerprints"], dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in record["fingerprints"].items())):
+        raise ValueError("base_model must be {dtype: string, fingerprints: {dtype: string}}.")
 
 
 def _load_student(base_model: str | None, tokenizer: Any, **kwargs: Any) -> tuple[nn.Module, Any]:
