@@ -12,16 +12,18 @@ Axis letters: D in-features, O out-features, R rank.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from hyperlora.atomic import atomic_directory
+from hyperlora.atomic import atomic_directory, check_replaceable
 from hyperlora.encoder import check_prompts
 from hyperlora.lora import AdapterBatch, delta_weight
 from hyperlora.model import HyperLoRA
+from hyperlora.ownership import EXPORT_MARK, is_export
 
 __all__ = ["export_peft", "merge", "peft_state_dict", "main", "merge_main"]
 
@@ -50,6 +52,12 @@ def peft_state_dict(hyper: HyperLoRA, prompt: str) -> dict[str, Tensor]:
     return state
 
 
+def _mark(folder: Path, kind: str, prompt: str, hyper: HyperLoRA) -> None:
+    """The export's mark (``ownership.EXPORT_MARK``): what made it, and that ``--force`` may replace it."""
+    record = {"format": "hyperlora-export/1", "kind": kind, "prompt": prompt, "base_model": hyper.config.base_model}
+    (folder / EXPORT_MARK).write_text(json.dumps(record, indent=2) + "\n")
+
+
 def export_peft(hyper: HyperLoRA, prompt: str, out_dir: str | Path, force: bool = False) -> Path:
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` for ``prompt`` into ``out_dir``.
 
@@ -73,8 +81,9 @@ def export_peft(hyper: HyperLoRA, prompt: str, out_dir: str | Path, force: bool 
         task_type="CAUSAL_LM",
         base_model_name_or_path=hyper.config.base_model,
     )
-    with atomic_directory(out_dir, overwrite=force) as tmp:
+    with atomic_directory(out_dir, overwrite=force, replaceable=is_export, what="export folder") as tmp:
         config.save_pretrained(str(tmp))
+        _mark(tmp, "peft", prompt, hyper)
         save_file(state, str(tmp / PEFT_WEIGHTS_NAME), metadata={"format": "pt", "hyperlora_prompt": prompt})
     return Path(out_dir)
 
@@ -91,7 +100,8 @@ def merge(hyper: HyperLoRA, prompt: str, out_dir: str | Path, force: bool = Fals
     # Add ΔW in place and restore the saved originals afterwards, rather than deep-copying
     # the student: a copy of a 7B model doubles its memory, the targets alone are a fraction.
     originals = {t.name: t.module.weight.detach().clone() for t in hyper.targets}
-    with atomic_directory(out_dir, overwrite=force) as tmp:
+    with atomic_directory(out_dir, overwrite=force, replaceable=is_export, what="export folder") as tmp:
+        _mark(tmp, "merged", prompt, hyper)
         try:
             for t in hyper.targets:
                 A, B = adapter[t.name]
@@ -121,7 +131,8 @@ def _parser(job: str) -> argparse.ArgumentParser:
     add_checkpoint_arguments(parser)
     parser.add_argument("--prompt", required=True, help="the prompt whose adapter is written")
     parser.add_argument("--out", required=True, help="output folder (must be absent or empty unless --force)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an earlier export or merge (never a folder hyperlora did not write)")
     return parser
 
 
@@ -132,8 +143,13 @@ def _run(job: str, argv: list[str] | None) -> int:
     check_prompts([args.prompt])
     out = Path(args.out)
     # Refuse before the (slow) load; atomic_directory checks again right before writing.
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it.")
+    # A file is never replaced by a folder, --force or not: say so rather than advise --force.
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            where = "is a file" if path == out else f"is inside {path}, a file"
+            raise FileExistsError(f"--out {out} {where}; choose another path for the {job} folder "
+                                  "(a file is never replaced by a folder).")
+    check_replaceable(out, args.force, is_export, what=f"{job} folder")
     hyper = load_from_args(args)
     written = (export_peft if job == "export" else merge)(hyper, args.prompt, out, force=args.force)
     print(f"wrote {written}")

@@ -23,13 +23,14 @@ from typing import Any
 import torch
 
 from hyperlora.atomic import atomic_write_text
+from hyperlora.cli_checks import check_float, check_int, check_output_file, check_seed
 from hyperlora.data.format import prefix_ids
 from hyperlora.data.records import Record, scan_jsonl  # the dataset's own rules, line by line
 from hyperlora.encoder import check_prompts
 from hyperlora.decoding import decode_new, left_padded
 from hyperlora.model import HyperLoRA
 
-__all__ = ["generate_records", "read_batch", "main"]
+__all__ = ["generate_records", "check_generation_settings", "read_batch", "main"]
 
 
 # With a static KV cache every new (rows, prompt width) shape compiles the decoding step again on
@@ -49,7 +50,10 @@ def _generate_batch(hyper: HyperLoRA, prompts: list[str], inputs: list[str], set
     width = bare["input_ids"].shape[1]
     # One hypernetwork forward for the batch's prompts, one generate with row i adapted to prompts[i].
     outputs = decode_new(tok, hyper.generate(prompts, bare, **settings), width)
-    rows = [{"prompt": p, "input": x, "output": o} for p, x, o in zip(prompts, inputs, outputs)]
+    # num_return_sequences k: generate returns k rows per input, input i's at i*k ... i*k + k - 1.
+    k = settings.get("num_return_sequences", 1)
+    rows = [{"prompt": p, "input": x, "output": outputs[i * k + j]}
+            for i, (p, x) in enumerate(zip(prompts, inputs)) for j in range(k)]
     if compare:
         # The base model twice: with the prompt in its context (what the adapter imitates), and without.
         in_context = left_padded([prefix_ids(tok, p, x) for p, x in zip(prompts, inputs)], pad, device, multiple)
@@ -58,6 +62,29 @@ def _generate_batch(hyper: HyperLoRA, prompts: list[str], inputs: list[str], set
         for row, a, b in zip(rows, with_prompt, without):
             row["base_with_prompt"], row["base_without_prompt"] = a, b
     return rows
+
+
+def check_generation_settings(settings: dict[str, Any], flags: bool = False) -> None:
+    """Refuse generation settings that would fail deep inside ``generate`` (or, worse, not fail).
+
+    ``flags``: name them as command-line options (``--num-beams``) rather than as keywords.
+    """
+    name = (lambda key: "--" + key.replace("_", "-")) if flags else (lambda key: key)
+    for key in ("max_new_tokens", "num_beams", "num_return_sequences"):
+        check_int(settings.get(key), name(key))
+    for key in ("min_new_tokens", "top_k"):  # top_k 0: no top-k filter
+        check_int(settings.get(key), name(key), minimum=0)
+    for key in ("temperature", "repetition_penalty"):
+        check_float(settings.get(key), name(key))
+    check_float(settings.get("top_p"), name("top_p"), high=1.0)
+    low, high = settings.get("min_new_tokens"), settings.get("max_new_tokens")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"{name('min_new_tokens')} {low} exceeds {name('max_new_tokens')} {high}; "
+                         "give a minimum no larger than the maximum.")
+    sequences, beams = settings.get("num_return_sequences") or 1, settings.get("num_beams") or 1
+    if sequences > beams and not settings.get("do_sample"):
+        raise ValueError(f"{name('num_return_sequences')} {sequences} needs as many beams or sampling: "
+                         f"add {name('num_beams')} {sequences} or {name('do_sample')}.")
 
 
 def generate_records(hyper: HyperLoRA, prompts: Sequence[str], inputs: Sequence[str], batch_size: int = 16,
@@ -80,7 +107,8 @@ def generate_records(hyper: HyperLoRA, prompts: Sequence[str], inputs: Sequence[
             ``temperature``, ``top_p``, ``top_k``, ``num_beams``, ...).
 
     Returns:
-        ``[{"prompt", "input", "output"(, "base_with_prompt", "base_without_prompt")}]`` in row order.
+        ``[{"prompt", "input", "output"(, "base_with_prompt", "base_without_prompt")}]`` in row order;
+        with ``num_return_sequences=k``, k rows per input, one per returned sequence.
     """
     prompts, inputs = check_prompts(prompts), list(inputs)
     if len(prompts) != len(inputs):
@@ -90,6 +118,7 @@ def generate_records(hyper: HyperLoRA, prompts: Sequence[str], inputs: Sequence[
     if hyper.tokenizer is None:
         raise ValueError("Generating text needs a tokenizer: load the HyperLoRA with tokenizer=.")
     settings = {"max_new_tokens": max_new_tokens, "do_sample": False, **generation_kwargs}
+    check_generation_settings(settings)
     if static_cache:
         settings["cache_implementation"] = "static"
     rows: list[dict[str, str]] = []
@@ -123,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", help="the text the student reads")
     parser.add_argument("--batch", help="JSONL file, one {'prompt', 'input'} object per line")
     parser.add_argument("--out", help="write JSONL here (atomically) instead of to stdout")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     parser.add_argument("--batch-size", type=int, default=16, help="rows per generate call")
     parser.add_argument("--compare", action="store_true",
                         help="also the base model with the prompt in context and without it")
@@ -134,6 +164,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float)
     g.add_argument("--top-k", type=int)
     g.add_argument("--num-beams", type=int)
+    g.add_argument("--num-return-sequences", type=int, help="outputs per row (one JSONL row each)")
+    g.add_argument("--repetition-penalty", type=float)
     g.add_argument("--seed", type=int, help="seed the sampler for repeatable outputs")
     g.add_argument("--static-cache", action="store_true",
                    help="static KV cache: on CUDA the decoding step is compiled (CUDA graphs), several times "
@@ -158,10 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     from hyperlora.loading import load_from_args
 
     args = _parser().parse_args(argv)
-    if args.batch_size < 1 or args.max_new_tokens < 1:
-        raise ValueError("--batch-size and --max-new-tokens must be positive.")
-    if args.out is not None and Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} is a folder; give a file name for the JSONL output.")
+    # Every option is checked before the (slow) load: a bad number or path costs nothing.
+    optional = {"min_new_tokens": args.min_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+                "top_k": args.top_k, "num_beams": args.num_beams, "num_return_sequences": args.num_return_sequences,
+                "repetition_penalty": args.repetition_penalty}
+    settings = {k: v for k, v in optional.items() if v is not None}  # unset: the model's defaults
+    check_int(args.batch_size, "--batch-size")
+    check_seed(args.seed)
+    check_generation_settings({"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample, **settings},
+                              flags=True)
+    check_output_file(args.out, "--out", args.force)
     records, errors = _rows_to_run(args)
     for error in errors:
         print(error, file=sys.stderr)
@@ -169,9 +207,6 @@ def main(argv: list[str] | None = None) -> int:
         hyper = load_from_args(args)
         if args.seed is not None:
             torch.manual_seed(args.seed)
-        optional = {"min_new_tokens": args.min_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-                    "top_k": args.top_k, "num_beams": args.num_beams}
-        settings = {k: v for k, v in optional.items() if v is not None}  # unset: the model's defaults
         lines: list[str] = []
         for start in range(0, len(records), args.batch_size):
             chunk = records[start : start + args.batch_size]

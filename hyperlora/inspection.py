@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -25,6 +26,7 @@ from torch import Tensor
 # The report type lives in analysis, which plots imports too: no inspection <-> plots cycle.
 from hyperlora.analysis import ALL_LAYERS, InspectionReport, adapter_stats
 from hyperlora.atomic import atomic_write_text
+from hyperlora.cli_checks import check_int, check_output_file
 from hyperlora.encoder import check_prompts
 from hyperlora.model import HyperLoRA
 
@@ -89,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--csv", nargs="?", const="-", metavar="FILE", help="CSV to FILE (or stdout)")
     parser.add_argument("--plot", metavar="DIR", help="write PNG figures into DIR")
     parser.add_argument("--top-k", type=int, default=4, help="singular values listed per target")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite existing --json/--csv files; write --plot figures into a folder holding others")
     return parser
 
 
@@ -106,8 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.json == "-" and args.csv == "-":
         raise ValueError("--json and --csv cannot both go to stdout: give one of them a FILE.")
     check_prompts(args.prompt)
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be positive, got {args.top_k}.")
+    # Every output is checked before the (slow) load: a taken path costs nothing and loses nothing.
+    check_int(args.top_k, "--top-k")
+    check_output_file(args.json, "--json", args.force)
+    check_output_file(args.csv, "--csv", args.force)
+    files = [Path(f).resolve() for f in (args.json, args.csv) if f not in (None, "-")]
+    if len(files) == 2 and files[0] == files[1]:
+        raise ValueError(f"--json and --csv both name {args.csv}; give them different files.")
+    if args.plot:
+        from hyperlora.plots import check_plot_dir
+
+        check_plot_dir(args.plot, args.force)
     report = inspect_adapters(load_from_args(args), args.prompt, top_k=args.top_k)
     if args.json:
         _emit(report.to_json(), args.json)
@@ -119,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         from hyperlora.plots import plot_report
 
         machine_readable = "-" in (args.json, args.csv)
-        for path in plot_report(report, args.plot):
+        for path in plot_report(report, args.plot, force=args.force):
             # Kept off stdout when stdout carries JSON or CSV.
             print(f"wrote {path}", file=sys.stderr if machine_readable else sys.stdout)
     return 0

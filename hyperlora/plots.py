@@ -3,7 +3,8 @@
 matplotlib is imported when a figure is drawn (with the Agg backend: no display
 needed), so ``hyperlora`` itself does not depend on it. Every figure has axis
 labels, a title and a colour bar; every PNG is written to a temporary name in
-its folder and renamed, so a reader never sees half an image.
+its folder and renamed, so a reader never sees half an image. A folder holding
+anything but these figures is written into only when asked (``force``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from hyperlora.analysis import ALL_LAYERS, InspectionReport
+from hyperlora.atomic import ordinary_file_mode
 
-__all__ = ["plot_report", "plot_relative_heatmap", "plot_spectra", "plot_similarity"]
+__all__ = ["plot_report", "check_plot_dir", "plot_relative_heatmap", "plot_spectra", "plot_similarity"]
+
+FIGURES = ("relative_delta.png", "spectra.png", "similarity.png")
 
 _LABEL_CHARS = 28
 _RELATIVE = r"$\|\Delta W\|_F \,/\, \|W_0\|_F$"
@@ -41,6 +45,7 @@ def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, ordinary_file_mode())  # mkstemp makes it private (0600); a figure is an ordinary file
         with os.fdopen(fd, "wb") as handle:
             fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
         os.replace(tmp, path)
@@ -148,11 +153,34 @@ def plot_similarity(report: InspectionReport, path: str | Path, layer: int | str
     return _save(fig, Path(path))
 
 
-def plot_report(report: InspectionReport, out_dir: str | Path) -> list[Path]:
-    """Write ``relative_delta.png``, ``spectra.png`` and (two prompts or more) ``similarity.png``."""
+def _ours(name: str) -> bool:
+    """A figure of ours, or the temporary name ``_save`` writes it under."""
+    return name in FIGURES or any(name.startswith(f".{f}.") and name.endswith(".tmp") for f in FIGURES)
+
+
+def check_plot_dir(out_dir: str | Path, force: bool = False) -> None:
+    """``out_dir`` may receive the figures: absent, empty, holding only figures of ours, or ``force``.
+
+    Raises:
+        FileExistsError: ``out_dir`` is a file, or (without ``force``) a folder holding other files.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--plot {out} exists and is not a directory.")
+        raise FileExistsError(f"--plot {out} is a file; choose a folder for the figures.")
+    others = sorted(p.name for p in out.iterdir() if not _ours(p.name)) if out.is_dir() else []
+    if others and not force:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise FileExistsError(f"--plot {out} holds files hyperlora did not write ({shown}); choose an empty or "
+                              "new folder, or pass --force to write the figures beside them.")
+
+
+def plot_report(report: InspectionReport, out_dir: str | Path, force: bool = False) -> list[Path]:
+    """Write ``relative_delta.png``, ``spectra.png`` and (two prompts or more) ``similarity.png``.
+
+    ``out_dir`` holding other files is refused unless ``force``; they are never touched.
+    """
+    out = Path(out_dir)
+    check_plot_dir(out, force)
     written = [plot_relative_heatmap(report, out / "relative_delta.png"), plot_spectra(report, out / "spectra.png")]
     if len(report.prompts) > 1:
         written.append(plot_similarity(report, out / "similarity.png"))

@@ -11,6 +11,7 @@ import argparse
 
 import torch
 
+from hyperlora.cli_checks import check_int, check_seed
 from hyperlora.injector import inject
 from hyperlora.lora import LoRASpec, count_lora_params
 from hyperlora.targets import find_targets, group_by_shape
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    check_int(args.rows, "--rows")
+    check_int(args.rank, "--rank")
+    check_seed(args.seed)
     spec = LoRASpec(rank=args.rank, alpha=2.0 * args.rank)
     worst = max(check_family(f, args.rows, spec, args.seed) for f in args.families)
     tolerance = 1e-4

@@ -50,7 +50,8 @@ def test_peft_folder_matches_hooked_student(family: str, checkpoints: dict, hype
     base_logits = _logits(hyper.student, ids)
     for i, prompt in enumerate(PROMPTS[:2]):
         out = export_peft(hyper, prompt, tmp_path / f"peft-{i}")
-        assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+        assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                         "hyperlora_export.json"]
         config = json.loads((out / "adapter_config.json").read_text())
         assert config["r"] == 4 and config["lora_alpha"] == 8.0 and config["lora_dropout"] == 0.0
         assert sorted(config["target_modules"]) == sorted(t.name for t in hyper.targets)
@@ -80,17 +81,27 @@ def test_merged_folder_matches_hooked_student(family: str, hypers: dict, tmp_pat
     assert all(torch.equal(before[n], after[n]) for n in before)
 
 
-def test_refuses_non_empty_folder_without_force(hypers: dict, tmp_path: Path) -> None:
+def test_refuses_a_folder_it_did_not_write_even_with_force(hypers: dict, tmp_path: Path) -> None:
     hyper = hypers["llama"]
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     for job in (export_peft, merge):
-        with pytest.raises(FileExistsError, match="force"):
+        with pytest.raises(FileExistsError, match="written by hyperlora; it was left untouched"):
             job(hyper, PROMPTS[0], out)
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-    export_peft(hyper, PROMPTS[0], out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    # --force replaces only an earlier export: a folder hyperlora did not write is refused even then.
+    for job in (export_peft, merge):
+        with pytest.raises(FileExistsError, match="not an export folder written by hyperlora"):
+            job(hyper, PROMPTS[0], out, force=True)
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    ours = tmp_path / "ours"
+    export_peft(hyper, PROMPTS[0], ours)
+    merge(hyper, PROMPTS[1], ours, force=True)  # an earlier export is ours to replace
+    export_peft(hyper, PROMPTS[0], ours, force=True)
+    assert sorted(p.name for p in ours.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                      "hyperlora_export.json"]
+    assert json.loads((ours / "hyperlora_export.json").read_text())["prompt"] == PROMPTS[0]
 
 
 def test_empty_prompt_leaves_nothing_behind(hypers: dict, tmp_path: Path) -> None:
@@ -113,3 +124,69 @@ def test_cli_writes_and_refuses_existing(job: str, checkpoints: dict, tmp_path: 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--force" in err and "Traceback" not in err
     assert cli.main([*args, "--force"]) == 0
+
+
+# -- issue 14: a file is never replaced, errors are one line, files are ordinary -------------------------------
+
+
+def _one_line(err: str) -> None:
+    assert err.count("\n") == 1 and err.startswith("hyperlora ") and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("job", ["export", "merge"])
+def test_out_onto_a_file_is_refused_with_and_without_force(job: str, checkpoints: dict, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import hyperlora.loading
+
+    monkeypatch.setattr(hyperlora.loading, "load_from_args", lambda *_: pytest.fail("loaded before refusing"))
+    _, ckpt = checkpoints["llama"]
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    for out in (taken, taken / "adapter"):
+        for force in ([], ["--force"]):
+            args = [job, "--checkpoint", str(ckpt), "--prompt", PROMPTS[0], "--out", str(out), *force]
+            assert cli.main(args) == 2
+            err = capsys.readouterr().err
+            _one_line(err)
+            assert "a file" in err and "choose another path" in err and "pass --force" not in err
+    assert taken.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_written_files_have_ordinary_permissions(hypers: dict, tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        folders = [export_peft(hypers["gpt2"], PROMPTS[0], tmp_path / "peft"),
+                   merge(hypers["gpt2"], PROMPTS[0], tmp_path / "merged")]
+    finally:
+        os.umask(old)
+    modes = {f"{p.parent.name}/{p.name}": oct(p.stat().st_mode & 0o777) for d in folders for p in d.iterdir()}
+    assert "peft/adapter_model.safetensors" in modes and "merged/model.safetensors" in modes
+    assert set(modes.values()) == {"0o644"}, modes  # safetensors alone would write 0600
+
+
+@pytest.mark.parametrize("errno_", ["EACCES", "ENOSPC"])
+def test_refused_write_is_one_line_and_leaves_nothing(errno_: str, checkpoints: dict, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only folder or a full disk (simulated: as root in CI chmod stops nothing)."""
+    import errno
+    import os
+
+    import hyperlora.export
+
+    def fail(_: object, filename: str, **__: object) -> None:
+        code = getattr(errno, errno_)
+        raise OSError(code, os.strerror(code), filename)
+
+    monkeypatch.setattr(hyperlora.export, "save_file", fail)
+    _, ckpt = checkpoints["llama"]
+    out = tmp_path / "adapter"
+    assert cli.main(["export", "--checkpoint", str(ckpt), "--prompt", PROMPTS[0], "--out", str(out),
+                     "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    _one_line(err)
+    assert ("no permission to write" if errno_ == "EACCES" else "no space left") in err
+    assert list(tmp_path.iterdir()) == []  # no folder, no temporary sibling

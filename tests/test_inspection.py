@@ -128,3 +128,65 @@ def test_cli_json_csv_and_plot(ckpt: Path, tmp_path: Path, capsys: pytest.Captur
     assert cli.main([*base, "--prompt", ""]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "empty" in err and "Traceback" not in err
+
+
+# -- issue 14: outputs are never overwritten unasked, refusals are one line before loading ---------------------
+
+
+def _refused(capsys: pytest.CaptureFixture[str], code: int, *words: str) -> None:
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "", err
+    assert err.count("\n") == 1 and err.startswith("hyperlora inspect: error:") and "Traceback" not in err, err
+    assert all(w in err for w in words), err
+
+
+def test_cli_refuses_taken_outputs_before_loading(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import hyperlora.loading
+
+    monkeypatch.setattr(hyperlora.loading, "load_from_args", lambda *_: pytest.fail("loaded before refusing"))
+    base = ["inspect", "--checkpoint", str(ckpt), "--prompt", PROMPTS[0], "--device", "cpu"]
+    taken = tmp_path / "taken.json"
+    taken.write_text("mine")
+    user_dir = tmp_path / "figs"
+    user_dir.mkdir()
+    (user_dir / "holiday.jpg").write_text("mine")
+    cases = [
+        (["--json", str(taken)], [str(taken), "already exists", "--force"]),
+        (["--csv", str(taken)], [str(taken), "already exists", "--force"]),
+        (["--json", str(tmp_path / "a"), "--csv", str(tmp_path / "a")], ["both name"]),
+        (["--json", str(tmp_path)], ["is a folder"]),
+        (["--plot", str(user_dir)], ["holiday.jpg", "--force"]),
+        (["--plot", str(taken)], ["is a file"]),
+        (["--plot", str(taken), "--force"], ["is a file"]),
+        (["--top-k", "0"], ["--top-k", "positive integer"]),
+    ]
+    for extra, words in cases:
+        _refused(capsys, cli.main([*base, *extra]), *words)
+    assert taken.read_text() == "mine" and [p.name for p in user_dir.iterdir()] == ["holiday.jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs", "taken.json"]
+
+
+def test_cli_force_overwrites_and_plots_beside_other_files(ckpt: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    base = ["inspect", "--checkpoint", str(ckpt), "--prompt", PROMPTS[0], "--device", "cpu"]
+    taken, figs = tmp_path / "r.json", tmp_path / "figs"
+    taken.write_text("old")
+    figs.mkdir()
+    (figs / "notes.txt").write_text("mine")
+    old = os.umask(0o022)
+    try:
+        assert cli.main([*base, "--json", str(taken), "--plot", str(figs), "--force"]) == 0
+        assert json.loads(taken.read_text())["prompts"] == [PROMPTS[0]]
+        assert (figs / "notes.txt").read_text() == "mine"  # written beside, never removed
+        ours = tmp_path / "ours"
+        assert cli.main([*base, "--plot", str(ours)]) == 0
+        assert cli.main([*base, "--plot", str(ours)]) == 0  # a folder of our own figures: rewritten unasked
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    pngs = sorted(ours.iterdir()) + sorted(figs.glob("*.png"))
+    assert [p.name for p in pngs] == ["relative_delta.png", "spectra.png"] * 2
+    assert {oct(p.stat().st_mode & 0o777) for p in [*pngs, taken]} == {"0o644"}  # mkstemp alone gives 0600

@@ -5,7 +5,7 @@
 
 Every figure is a ratio to a baseline timed in the same process (each section
 names its baselines). Sections: injector, generator, decode, decode_compiled, train_step (see
-``hyperlora.bench.<section>``). The report is printed and, with ``--out``,
+``hyperlora.bench.<section>``). The report is printed and, with ``--out`` (an existing file only with ``--force``),
 written atomically after the last section: a failed run leaves the old file.
 """
 
@@ -22,6 +22,7 @@ import torch
 from hyperlora.atomic import atomic_write_text
 from hyperlora.bench.common import SIZES, BenchContext
 from hyperlora.bench.timing import device_name
+from hyperlora.cli_checks import check_int, check_output_file
 
 __all__ = ["SECTIONS", "main", "parse_only", "run"]
 
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="full (one H100), small (a CPU), tiny (tests); default: full on CUDA, small on CPU")
     parser.add_argument("--only", default=None, help=f"comma-separated sections (default: all of {','.join(SECTIONS)})")
     parser.add_argument("--out", default=None, help="write the JSON report here (atomically)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out report")
     parser.add_argument("--iters", type=int, default=10, help="calls per timed repeat (default 10)")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     parser.add_argument("--head-rank", type=int, default=None, help="factorised generator heads (default: full)")
@@ -93,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     sections = parse_only(args.only)  # before any model is built: a typo costs nothing
-    for flag in ("iters", "rank"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}.")
+    for flag in ("iters", "rank", "head_rank"):
+        check_int(getattr(args, flag), "--" + flag.replace("_", "-"))
+    check_output_file(args.out, "--out", args.force)  # before the run: a taken path costs no benchmark
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ctx = BenchContext(
         size_name=args.size or ("full" if device.type == "cuda" else "small"),

@@ -1,8 +1,9 @@
 """The JSONL dataset format: one object per line with ``prompt``, ``input`` and an optional ``output``.
 
-A line that is not valid JSON, or lacks a field, is reported with its file and
-line number. ``on_error="skip"`` warns and goes on with the good lines;
-``on_error="fail"`` stops before any training work is done.
+A line that is not valid UTF-8 or not valid JSON, or lacks a field, is reported
+with its file and line number (and the column, where there is one).
+``on_error="skip"`` warns and goes on with the good lines; ``on_error="fail"``
+stops before any training work is done.
 """
 
 from __future__ import annotations
@@ -28,10 +29,15 @@ class RecordError(ValueError):
 
 def parse_record(line: str, where: str) -> Record:
     """One JSONL line -> ``Record``; ``where`` (``FILE:LINE``) prefixes any error."""
+    # Without its line ending: json would place an error at the end of a truncated line on "line 2, column 1".
+    line = line.rstrip("\r\n")
     try:
         data = json.loads(line)
     except json.JSONDecodeError as err:
-        raise RecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno}).") from None
+        at = " " if err.msg.endswith(" at") else " at "  # "Unterminated string starting at"
+        truncated = err.pos >= len(line.rstrip()) or err.msg.startswith("Unterminated string")
+        ends_early = "; the line ends early: truncated?" if truncated else ""
+        raise RecordError(f"{where}: not valid JSON ({err.msg}{at}column {err.colno}{ends_early}).") from None
     if not isinstance(data, dict):
         raise RecordError(f"{where}: expected a JSON object with 'prompt' and 'input', got {type(data).__name__}.")
     for field in ("prompt", "input"):
@@ -48,16 +54,26 @@ def parse_record(line: str, where: str) -> Record:
 def scan_jsonl(path: str | Path, what: str = "Dataset file") -> tuple[list[Record], list[str]]:
     """The good records of ``path`` and one ``"FILE:LINE: reason"`` per malformed line."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; give a JSONL file.")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist.")
     records: list[Record] = []
     errors: list[str] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    # Bytes, decoded line by line: one bad byte costs its line, not the whole file.
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a leading BOM is not data
+            except UnicodeDecodeError as err:
+                errors.append(f"{where}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                              "save the file as UTF-8.")
+                continue
             if not line.strip():
                 continue
             try:
-                records.append(parse_record(line, f"{path}:{number}"))
+                records.append(parse_record(line, where))
             except RecordError as err:
                 errors.append(str(err))
     return records, errors

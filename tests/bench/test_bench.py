@@ -164,7 +164,7 @@ def test_bad_only_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_report_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "bench.json"
     out.write_text("old report\n")
-    argv = ["--size", "tiny", "--iters", "1", "--only", "injector,decode", "--out", str(out)]
+    argv = ["--size", "tiny", "--iters", "1", "--only", "injector,decode", "--out", str(out), "--force"]
 
     def broken(ctx: object) -> dict:
         raise RuntimeError("section failed")
@@ -208,3 +208,25 @@ def test_time_interleaved_rotates_the_order_and_counts_calls() -> None:
     timed = order[6::3]  # the first call of each timed block of 3
     assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # each repeat starts one further on
     assert all(order.count(n) == 2 + 3 * 3 for n in fns)
+
+
+# -- issue 14: bad arguments are one line, before anything is built or timed --------------------------------------
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--iters", "0"], ["--iters", "positive integer", "got 0"]),
+    (["--iters", "-2"], ["--iters", "got -2"]),
+    (["--rank", "0"], ["--rank", "positive integer"]),
+    (["--head-rank", "0"], ["--head-rank", "positive integer"]),
+    (["--out", "."], ["--out", "is a folder"]),
+])
+def test_bad_arguments_are_one_line_before_any_section(args: list[str], words: list[str], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_main, "run", lambda *_: pytest.fail("a section ran before the bad argument was refused"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "--size", "tiny", *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("hyperlora bench: error:") and "Traceback" not in err
+    assert all(w in err for w in words), err
+    assert list(tmp_path.iterdir()) == []

@@ -193,3 +193,40 @@ def test_write_jsonl_round_trips(tmp_path):
 def test_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         read_jsonl(tmp_path / "nope.jsonl")
+
+
+# -- issue 14: a bad byte costs its line, a truncated line is placed where it ends --------------------------------
+
+
+def test_invalid_utf8_is_reported_per_line(tmp_path):
+    from hyperlora.data.records import scan_jsonl
+
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"\n".join([GOOD[0].encode(), b'{"prompt": "Sort.", "input": "\xff"}', GOOD[1].encode()]) + b"\n")
+    records, errors = scan_jsonl(path)
+    assert [r.prompt for r in records] == ["Sort.", "Upper."]  # the good lines on either side survive
+    assert errors == [f"{path}:2: not valid UTF-8 (byte 0xff at column 31); save the file as UTF-8."]
+    with pytest.raises(RecordError, match=r"data\.jsonl:2: not valid UTF-8"):
+        read_jsonl(path)  # training stops on it too, by line, before any work
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", ""])
+def test_truncated_line_is_reported_at_its_real_column(tmp_path, line_end):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes((GOOD[0] + "\n" + '{"prompt": "Sort.", "input": "b a"' + line_end).encode())
+    with pytest.raises(RecordError) as info:
+        read_jsonl(path)
+    message = str(info.value)
+    assert f"{path}:2: not valid JSON" in message and "column 35" in message and "truncated" in message
+    assert "column 1)" not in message
+
+
+def test_bom_and_crlf_are_not_errors(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (GOOD[0] + "\r\n" + GOOD[1] + "\r\n").encode())
+    assert [r.prompt for r in read_jsonl(path)] == ["Sort.", "Upper."]
+
+
+def test_a_folder_is_not_a_missing_file(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        read_jsonl(tmp_path)
