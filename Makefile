@@ -27,12 +27,13 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/hyperlora quickstart
 
-# One thread: the test models are tiny, and two threads on two busy cores stall each other.
+# Two single-threaded workers, one test file each at a time (a file's tests share fixtures): the
+# test models are tiny, and two threads per process on two busy cores stall each other.
 test: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: setup
-	$(BIN)/hyperlora bench --out bench.json
+	$(BIN)/hyperlora bench --out bench.json --force
 
 clean:
 	rm -rf $(VENV) .pytest_cache
