@@ -2,16 +2,22 @@
 
     hyperlora bench --out bench.json                    # GPU: full size, bf16; CPU: small, fp32
     hyperlora bench --size small --only injector,decode --iters 5
+    hyperlora bench --size llama3-8b --out bench-8b.json   # a real model's shape (random weights), one H200
 
 Every figure is a ratio to a baseline timed in the same process (each section
 names its baselines). Sections: injector, generator, decode, decode_compiled, train_step (see
 ``hyperlora.bench.<section>``). The report is printed and, with ``--out`` (an existing file only with ``--force``),
 written atomically after the last section: a failed run leaves the old file.
+
+Before a section runs, its memory need is estimated from the size (``hyperlora.bench.memory``);
+one that would not fit, or that runs out of device memory all the same, is skipped and the
+report says why (``{"skipped": reason}``) instead of the run dying half-way.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 import time
@@ -21,7 +27,8 @@ import torch
 
 from hyperlora.atomic import atomic_write_text
 from hyperlora.bench.common import SIZES, BenchContext
-from hyperlora.bench.timing import device_name
+from hyperlora.bench.memory import GIB, estimate, parameter_count, shortfall
+from hyperlora.bench.timing import device_name, free_cached_memory
 from hyperlora.cli_checks import check_int, check_output_file
 
 __all__ = ["SECTIONS", "main", "parse_only", "run"]
@@ -51,8 +58,10 @@ def parse_only(text: str | None) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hyperlora bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    sizes = "; ".join(f"{name}: {size.about}" for name, size in SIZES.items())
     parser.add_argument("--size", choices=list(SIZES), default=None,
-                        help="full (one H100), small (a CPU), tiny (tests); default: full on CUDA, small on CPU")
+                        help=f"the student's shape and batch shapes (random weights) -- {sizes}. "
+                             "Default: full on CUDA, small on CPU")
     parser.add_argument("--only", default=None, help=f"comma-separated sections (default: all of {','.join(SECTIONS)})")
     parser.add_argument("--out", default=None, help="write the JSON report here (atomically)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out report")
@@ -66,10 +75,22 @@ def _parser() -> argparse.ArgumentParser:
 def run(ctx: BenchContext, sections: list[str], log: Any = sys.stderr) -> dict[str, Any]:
     """The report: environment, shapes, and one entry per section."""
     results: dict[str, Any] = {}
+    estimates = {name: estimate(name, ctx.size, ctx.dtype) for name in sections}
     for name in sections:
         start = time.perf_counter()
-        results[name] = importlib.import_module(SECTIONS[name]).run(ctx)
-        print(f"bench {name}: {time.perf_counter() - start:.1f} s", file=log, flush=True)
+        reason = shortfall(estimates[name], ctx.device, student_resident=ctx.student_built)
+        if reason is None:
+            try:
+                results[name] = importlib.import_module(SECTIONS[name]).run(ctx)
+            except torch.cuda.OutOfMemoryError as error:  # the estimate's last resort: record it, go on
+                reason = f"out of memory: {str(error).splitlines()[0]}"
+        if reason is not None:
+            results[name] = {"skipped": reason, "memory_estimate": estimates[name].to_dict()}
+        # The section's copies and activations are gone before the next one is estimated and run.
+        gc.collect()
+        free_cached_memory(ctx.device)
+        done = "skipped, " + reason if reason is not None else f"{time.perf_counter() - start:.1f} s"
+        print(f"bench {name}: {done}", file=log, flush=True)
     import peft
     import transformers
 
@@ -82,6 +103,9 @@ def run(ctx: BenchContext, sections: list[str], log: Any = sys.stderr) -> dict[s
         "dtype": str(ctx.dtype).replace("torch.", ""),
         "size": ctx.size_name,
         "shape": ctx.size.to_dict(),
+        "student": {"parameters": parameter_count(ctx.size), "build_s": ctx.build_seconds,
+                    "weights_gib": round(estimates[sections[0]].weights / GIB, 2) if sections else None},
+        "memory_estimate_gib": {name: round(e.total / GIB, 2) for name, e in estimates.items()},
         "rank": ctx.rank,
         "head_rank": ctx.head_rank,
         "attn_implementation": ctx.attn_implementation,

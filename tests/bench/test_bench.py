@@ -230,3 +230,126 @@ def test_bad_arguments_are_one_line_before_any_section(args: list[str], words: l
     assert out == "" and err.count("\n") == 1 and err.startswith("hyperlora bench: error:") and "Traceback" not in err
     assert all(w in err for w in words), err
     assert list(tmp_path.iterdir()) == []
+
+
+# -- issue 15: the real models' shapes (random weights), and the memory guard that lets 8 B run on one GPU ---------
+
+# The published configs (config.json of HuggingFaceTB/SmolLM2-135M-Instruct and meta-llama/Meta-Llama-3-8B)
+# and their parameter counts as the model cards give them.
+REAL = {
+    "smollm2-135m": ({"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+                      "head_dim": 64, "intermediate_size": 1536, "vocab_size": 49152, "rms_norm_eps": 1e-5,
+                      "tie_word_embeddings": True, "rope_theta": 100000.0}, 134.5e6),
+    "llama3-8b": ({"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                   "head_dim": 128, "intermediate_size": 14336, "vocab_size": 128256, "rms_norm_eps": 1e-5,
+                   "tie_word_embeddings": False, "rope_theta": 500000.0}, 8.03e9),
+}
+
+
+def _rope_theta(config: object) -> float:
+    rope = getattr(config, "rope_parameters", None) or {}
+    return float(rope.get("rope_theta", getattr(config, "rope_theta", 0.0)))
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_sizes_build_the_real_models_shapes(name: str) -> None:
+    """On the meta device (shapes only, no memory): the config's numbers, the tied head, the parameter count."""
+    from hyperlora.bench.common import build_model
+    from hyperlora.bench.memory import parameter_count
+
+    expected, parameters = REAL[name]
+    model = build_model(SIZES[name], torch.bfloat16, torch.device("meta"))
+    config = model.config
+    got = {key: getattr(config, key) for key in expected if key != "rope_theta"} | {"rope_theta": _rope_theta(config)}
+    assert got == expected
+    assert config.max_position_embeddings >= 8192
+    assert all(p.device.type == "meta" and p.dtype == torch.bfloat16 for p in model.parameters())
+    tied = model.lm_head.weight is model.get_input_embeddings().weight
+    assert tied is expected["tie_word_embeddings"]
+    count = sum(p.numel() for p in model.parameters())  # a tied weight once
+    assert count == parameter_count(SIZES[name])
+    assert abs(count - parameters) / parameters < 0.01, count
+
+
+@pytest.mark.parametrize("name", ["full", "small", "tiny"])
+def test_parameter_count_formula_matches_the_older_sizes(name: str) -> None:
+    from hyperlora.bench.common import build_model
+    from hyperlora.bench.memory import parameter_count
+
+    model = build_model(SIZES[name], torch.float32, torch.device("meta"))
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(SIZES[name])
+    assert model.lm_head.weight is not model.get_input_embeddings().weight
+
+
+def test_full_keeps_the_historys_shape() -> None:
+    full = SIZES["full"]
+    assert (full.hidden, full.layers, full.heads, full.kv_heads, full.mlp, full.vocab) == (2048, 16, 16, 8, 8192, 32000)
+    assert (full.batch, full.tokens, full.decode_batch, full.decode_prompt, full.decode_new) == (8, 512, 16, 128, 64)
+    assert (full.train_batch, full.train_tokens, full.train_prompt) == (8, 512, 64)
+    # LlamaConfig's own defaults, as before the real sizes' fields existed.
+    assert (full.tie_embeddings, full.rope_theta, full.norm_eps, full.max_positions) == (False, 10000.0, 1e-6, 2048)
+
+
+def test_size_choices_are_listed_and_parsed(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = bench_main._parser()
+    assert parser.parse_args(["--size", "smollm2-135m"]).size == "smollm2-135m"
+    assert parser.parse_args(["--size", "llama3-8b"]).size == "llama3-8b"
+    text = " ".join(parser.format_help().split())
+    assert all(name in text for name in SIZES)
+    assert "Llama-3-8B" in text and "SmolLM2-135M" in text
+    # Through the real command line: the size is accepted (the error is the bad --only, found before any build).
+    assert cli.main(["bench", "--size", "smollm2-135m", "--only", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "--only" in err and "--size" not in err
+
+
+def test_llama3_8b_fits_one_h200_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By the estimate, every section at 8 B fits the 139 GiB an H200 offers, holding at most three
+    copies of the student (15 GiB each) at once; and on a 40 GiB card the three-copy sections would
+    be skipped with their arithmetic in words, the others run."""
+    from hyperlora.bench import memory
+
+    size = SIZES["llama3-8b"]
+    weights = memory.parameter_count(size) * 2
+    assert 14.5 * memory.GIB < weights < 15.5 * memory.GIB
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 139 * memory.GIB)
+    for section in ALL:
+        need = memory.estimate(section, size, torch.bfloat16)
+        assert need.copies <= 3 and need.total < 4 * weights, (section, need.to_dict())
+        assert memory.shortfall(need, cuda, student_resident=False) is None, section
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 40 * memory.GIB)
+    skipped = {s for s in ALL if memory.shortfall(memory.estimate(s, size, torch.bfloat16), cuda, False)}
+    assert skipped == {"injector", "decode"}
+    reason = memory.shortfall(memory.estimate("decode", size, torch.bfloat16), cuda, False)
+    assert reason is not None and "3 × 15.0 GiB" in reason and "40.0 GiB are available" in reason
+
+
+def test_a_section_that_does_not_fit_is_skipped_with_its_reason(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is built for a skipped section; the report keeps the reason and the estimate."""
+    from hyperlora.bench import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1024)
+    report = _bench(tmp_path, "--only", "injector,decode")
+    assert list(report["sections"]) == ["injector", "decode"]
+    for section in report["sections"].values():
+        assert set(section) == {"skipped", "memory_estimate"}
+        assert section["skipped"].startswith("not enough memory") and section["memory_estimate"]["copies"] == 3
+    assert report["student"]["build_s"] is None  # never built
+    assert report["student"]["parameters"] == memory.parameter_count(SIZES["tiny"])
+    assert set(report["memory_estimate_gib"]) == {"injector", "decode"}
+
+
+def test_out_of_memory_in_a_section_is_recorded_and_the_rest_runs(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def out_of_memory(ctx: object) -> dict:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setitem(sys.modules, "fine_section", types.SimpleNamespace(run=lambda ctx: {"x": 1}))
+    monkeypatch.setitem(sys.modules, "oom_section", types.SimpleNamespace(run=out_of_memory))
+    monkeypatch.setitem(bench_main.SECTIONS, "injector", "oom_section")
+    monkeypatch.setitem(bench_main.SECTIONS, "decode", "fine_section")
+    report = _bench(tmp_path, "--only", "injector,decode")
+    assert report["sections"]["decode"] == {"x": 1}
+    assert report["sections"]["injector"]["skipped"] == "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"
