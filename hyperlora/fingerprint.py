@@ -43,7 +43,8 @@ def _sample(t: torch.Tensor) -> bytes:
     if n <= 2 * _EDGE + _STRIDED:
         picked = flat
     else:
-        index = torch.linspace(0, n - 1, _STRIDED, device=flat.device).long()
+        # clamp: in float32, linspace rounds the last index up to n past 2**24 elements (an embedding matrix)
+        index = torch.linspace(0, n - 1, _STRIDED, device=flat.device).long().clamp_(max=n - 1)
         picked = torch.cat([flat[:_EDGE], flat[index], flat[-_EDGE:]])
     # float32 on the CPU: the same weights give the same bytes whatever device or dtype they were loaded in.
     return picked.to("cpu", torch.float32).numpy().tobytes()

@@ -41,3 +41,12 @@ def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:
     data = bytes(range(256)) * 9000
     path.write_bytes(data)
     assert file_sha256(path, chunk=1000) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_tensor_past_two_to_the_24_elements_is_sampled_in_bounds() -> None:
+    # float32 linspace rounds n - 1 up to n past 2**24: SmolLM2's embedding (28.3 M values) hit it.
+    model = torch.nn.Linear(4096, 4097, bias=False)  # 16,781,312 > 2**24 values
+    first = model_fingerprint(model)
+    with torch.no_grad():
+        model.weight.view(-1)[-1] += 1.0
+    assert model_fingerprint(model) != first
