@@ -24,7 +24,7 @@ import torch
 
 from hyperlora.atomic import atomic_write_text
 from hyperlora.cli_checks import check_float, check_int, check_output_file, check_seed
-from hyperlora.data.format import prefix_ids
+from hyperlora.data.format import end_of_turn_ids, prefix_ids
 from hyperlora.data.records import Record, scan_jsonl  # the dataset's own rules, line by line
 from hyperlora.encoder import check_prompts
 from hyperlora.decoding import decode_new, left_padded
@@ -44,7 +44,7 @@ def _generate_batch(hyper: HyperLoRA, prompts: list[str], inputs: list[str], set
     tok, student = hyper.tokenizer, hyper.student
     device = next(student.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    settings = {"pad_token_id": pad, "eos_token_id": tok.eos_token_id, **settings}
+    settings = {"pad_token_id": pad, "eos_token_id": end_of_turn_ids(tok) or None, **settings}  # end of turn, EOS
     multiple = STATIC_CACHE_WIDTH_MULTIPLE if settings.get("cache_implementation") == "static" else 1
     bare = left_padded([prefix_ids(tok, None, x) for x in inputs], pad, device, multiple)
     width = bare["input_ids"].shape[1]

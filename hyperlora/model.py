@@ -175,30 +175,47 @@ class HyperLoRA(nn.Module):
             return self.student(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], inputs: list[str] | dict[str, Tensor] | Tensor, **generation_kwargs: Any) -> Tensor:
+    def generate(self, prompts: list[str], inputs: list[str] | dict[str, Tensor] | Tensor, chat_template: bool = True,
+                 **generation_kwargs: Any) -> Tensor:
         """``student.generate`` with row i adapted to ``prompts[i]``.
 
         ``inputs``: strings (tokenised here, left-padded), a tokenizer's output,
-        or ``input_ids [B, T]``. Beams and ``num_return_sequences`` expand rows;
-        the adapters follow. Returns the generated ids ``[B·k, T + new]``.
+        or ``input_ids [B, T]``. Strings are formatted as in training, in the chat template
+        where the tokenizer has one (``hyperlora.data.format.prefix_ids``; ``chat_template=False``:
+        as they are). Generation stops at the end of the assistant's turn
+        (``hyperlora.data.format.end_of_turn_ids``) unless ``eos_token_id`` is given. Beams and
+        ``num_return_sequences`` expand rows; the adapters follow. Returns the generated ids ``[B·k, T + new]``.
         """
-        batch = self._encode_inputs(inputs)
+        batch = self._encode_inputs(inputs, chat_template)
         if len(prompts) != batch["input_ids"].shape[0]:
             raise ValueError(f"Got {len(prompts)} prompts for {batch['input_ids'].shape[0]} inputs: give one prompt per row.")
         if self.tokenizer is not None and "pad_token_id" not in generation_kwargs:
             generation_kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+        if self.tokenizer is not None and "eos_token_id" not in generation_kwargs:
+            from hyperlora.data.format import end_of_turn_ids
+
+            generation_kwargs["eos_token_id"] = end_of_turn_ids(self.tokenizer) or None
         with self.inject(self.adapters(prompts)):
             return self.student.generate(**batch, **generation_kwargs)
 
-    def _encode_inputs(self, inputs: list[str] | dict[str, Tensor] | Tensor) -> dict[str, Tensor]:
+    def _encode_inputs(self, inputs: list[str] | dict[str, Tensor] | Tensor, chat_template: bool = True
+                       ) -> dict[str, Tensor]:
         device = next(self.student.parameters()).device
         if isinstance(inputs, Tensor):
             return {"input_ids": inputs.to(device)}
         if isinstance(inputs, (list, tuple)):
             if self.tokenizer is None:
                 raise ValueError("Text inputs need a tokenizer: pass tokenizer= to HyperLoRA, or token ids.")
+            tok = self.tokenizer
+            if chat_template and getattr(tok, "chat_template", None):
+                # As the student read its inputs in training; an instruct model answers nothing to bare text.
+                from hyperlora.data.format import prefix_ids
+                from hyperlora.decoding import left_padded
+
+                pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+                return left_padded([prefix_ids(tok, None, text) for text in inputs], pad, device)
             # Left padding: generation continues from each row's last real token.
-            inputs = self.tokenizer(list(inputs), return_tensors="pt", padding=True, padding_side="left")
+            inputs = tok(list(inputs), return_tensors="pt", padding=True, padding_side="left")
         return {k: v.to(device) for k, v in dict(inputs).items() if k in ("input_ids", "attention_mask")}
 
     # -- bookkeeping ---------------------------------------------------------
@@ -337,11 +354,14 @@ def _check_fits(path: Path, state: dict[str, Tensor], expected: dict[str, Tensor
 
 
 def absolute_base_model(name: str | None) -> str | None:
-    """``name`` as a checkpoint records it: a local folder absolute (loading from elsewhere finds it), else as is."""
-    if name is None or str(name).startswith(TOY_PREFIX):
+    """``name`` as a checkpoint records it: a local folder or ``.gguf`` file absolute (loading from elsewhere finds
+    it), a ``toy:`` or packaged name (``smollm2-135m-instruct``) and anything else as is."""
+    from hyperlora.base_models import PACKAGED_MODELS
+
+    if name is None or str(name).startswith(TOY_PREFIX) or str(name) in PACKAGED_MODELS:
         return name
-    folder = Path(name).expanduser()
-    return str(folder.resolve()) if folder.is_dir() else name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() or (path.suffix == ".gguf" and path.is_file()) else name
 
 
 def _dtype_name(model: nn.Module) -> str | None:
@@ -502,8 +522,8 @@ def _load_student(base_model: str | None, tokenizer: Any, **kwargs: Any) -> tupl
 
     if not is_base_model_name(base_model):
         raise ValueError(
-            f"The checkpoint's base model {base_model!r} is not a local directory here: pass student= (and tokenizer=) "
-            "to from_pretrained."
+            f"The checkpoint's base model {base_model!r} is not a local directory or .gguf file here: pass student= "
+            "(and tokenizer=) to from_pretrained."
         )
     student, loaded = load_base_model(base_model, tokenizer=tokenizer is None, **kwargs)
     return student, tokenizer if tokenizer is not None else loaded

@@ -97,8 +97,9 @@ def load_data(data: DataConfig, teacher: Any, tokenizer: Any, out_dir: Path, ran
     if world > 1 and rank != 0:
         _barrier()  # rank 0 labels and appends to the cache alone; the others then read every label from it
     cache = out_dir / LABEL_CACHE
-    train = label_missing(read_jsonl(data.train, data.on_error), teacher, tokenizer, cache)
-    evals = {name: label_missing(read_jsonl(path, data.on_error)[: data.n_eval], teacher, tokenizer, cache)
+    options = data.label_options()
+    train = label_missing(read_jsonl(data.train, data.on_error), teacher, tokenizer, cache, **options)
+    evals = {name: label_missing(read_jsonl(path, data.on_error)[: data.n_eval], teacher, tokenizer, cache, **options)
              for name, path in data.eval.items()}
     if world > 1 and rank == 0:
         _barrier()
@@ -316,7 +317,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
         path = out_dir / "metrics.jsonl" if config.logger.kind != "none" else None
         logger = MetricsLogger(path, wandb=config.logger.wandb_options(), config=config.to_dict())
     trainer = Trainer(hyper, train, config.trainer, evals, teacher, logger, config.data.max_length, rank, world,
-                      distill=config.distill)
+                      distill=config.distill, prompt_layout=config.data.prompt_layout)
     if rank == 0 and config.trainer.resume:
         write_run_record(out_dir, config.to_dict(), continues=True)  # the resume was accepted: its allowed changes are recorded
     result: dict[str, Any] = {}

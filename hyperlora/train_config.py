@@ -82,8 +82,38 @@ class DataConfig:
     on_error: str = "fail"  # jsonl: fail, or skip (malformed lines are reported and left out)
     train: str | None = None  # jsonl: lines {"prompt", "input", "output"?}; a missing output is labelled by the teacher
     eval: dict[str, str] = field(default_factory=dict)  # jsonl: {split name: path}
+    prompt_layout: str = "user"  # where the teacher reads the prompt: user (before the input) | system (a system turn)
+    # Teacher labels for outputs a file lacks (hyperlora.data.label); every one of these is part of a label's cache key.
+    label_max_new_tokens: int = 128  # a label cut here gets no end token
+    label_do_sample: bool = False  # false: greedy
+    label_temperature: float = 1.0  # sampling only
+    label_top_p: float = 1.0  # sampling only
+    label_repetition_penalty: float = 1.0
+    label_seed: int = 0  # sampling only: each record draws from a seed made of this and the record
+    label_batch_size: int = 32
+    label_progress: bool = True  # a progress bar while labelling
+
+    def label_options(self) -> dict[str, Any]:
+        """``hyperlora.data.label.label_missing``'s keyword arguments."""
+        return {"max_new_tokens": self.label_max_new_tokens, "batch_size": self.label_batch_size,
+                "do_sample": self.label_do_sample, "temperature": self.label_temperature, "top_p": self.label_top_p,
+                "repetition_penalty": self.label_repetition_penalty, "seed": self.label_seed,
+                "prompt_layout": self.prompt_layout, "progress": self.label_progress}
 
     def __post_init__(self) -> None:
+        if self.prompt_layout not in ("user", "system"):
+            raise ValueError(f"data.prompt_layout={self.prompt_layout!r}; choose user or system.")
+        for name in ("label_max_new_tokens", "label_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"data.{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if not self.label_temperature > 0:
+            raise ValueError(f"data.label_temperature must be > 0, got {self.label_temperature!r}.")
+        if not 0 < self.label_top_p <= 1:
+            raise ValueError(f"data.label_top_p must be in (0, 1], got {self.label_top_p!r}.")
+        if not self.label_repetition_penalty > 0:
+            raise ValueError(f"data.label_repetition_penalty must be > 0, got {self.label_repetition_penalty!r}.")
+        if self.label_seed < 0:
+            raise ValueError(f"data.label_seed must be an integer >= 0, got {self.label_seed!r}.")
         if self.source not in ("builtin", "jsonl"):
             raise ValueError(f"data.source={self.source!r}; choose builtin or jsonl.")
         if self.on_error not in ("fail", "skip"):

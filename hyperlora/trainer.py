@@ -174,13 +174,14 @@ class Trainer:
     def __init__(self, hyper: HyperLoRA, train_records: list[Record], config: TrainerConfig,
                  eval_sets: dict[str, list[Record]] | None = None, teacher: nn.Module | None = None,
                  logger: MetricsLogger | None = None, max_length: int = 512, rank: int = 0, world: int = 1,
-                 distill: DistillConfig | None = None) -> None:
+                 distill: DistillConfig | None = None, prompt_layout: str = "user") -> None:
         self.hyper, self.config = hyper, config
         self.distill = distill if distill is not None else DistillConfig()
         self.teacher = (teacher if teacher is not None else hyper.student).eval()
         self.rank, self.world = rank, world
         self.device = next(hyper.student.parameters()).device
-        self.collator = DistillCollator(hyper.tokenizer, max_length)
+        # prompt_layout: where the teacher reads the instruction (the user turn, or a system turn).
+        self.collator = DistillCollator(hyper.tokenizer, max_length, prompt_layout)
         self.eval_sets = {k: v[: config.eval_examples] for k, v in (eval_sets or {}).items()}
         self.logger = logger if logger is not None else MetricsLogger(None)
         torch.manual_seed(config.seed)

@@ -214,3 +214,20 @@ def test_generate_rows_match_single(num_beams: int, trained: HyperLoRA, tok: Pre
         torch.testing.assert_close(_row_scores(batched, i, num_beams, steps), expected, atol=1e-5, rtol=1e-5)
         # The other row's adapter scores measurably differently: the match above is the right adapter.
         assert not torch.allclose(_row_scores(swapped, i, num_beams, steps), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_formats_text_inputs_with_the_chat_template(trained: HyperLoRA, tok: PreTrainedTokenizerBase) -> None:
+    from hyperlora.data.format import end_of_turn_ids, prefix_ids
+
+    inputs = ["hello", "ab"]
+    batch = trained._encode_inputs(inputs)
+    for row, mask, text in zip(batch["input_ids"], batch["attention_mask"], inputs):
+        assert row[mask.bool()].tolist() == prefix_ids(tok, None, text)  # as in training
+        assert mask.tolist() == sorted(mask.tolist())  # left padding
+    plain = trained._encode_inputs(inputs, chat_template=False)
+    assert plain["input_ids"][0].tolist() == tok("hello", add_special_tokens=False)["input_ids"]
+    out = trained.generate(PROMPTS[:2], inputs, max_new_tokens=3, do_sample=False)
+    assert torch.equal(out[:, : batch["input_ids"].shape[1]], batch["input_ids"])
+    raw = trained.generate(PROMPTS[:2], inputs, chat_template=False, max_new_tokens=3, do_sample=False)
+    assert raw.shape[1] <= plain["input_ids"].shape[1] + 3
+    assert end_of_turn_ids(tok) == [tok.eos_token_id]  # the toy template ends a turn with EOS

@@ -9,6 +9,9 @@ Row i of a batch gives
 token at t+1). Both models hold the same response, so ``logits[loss_mask]``
 selects the same N positions in the same order from each: ``[N, V]`` each.
 Sequences are right-padded; the response ids are returned flat as ``labels [N]``.
+A response ends with the end-of-turn token (``hyperlora.data.format.response_ids``), except a
+label cut at its length limit (``Record.complete=False``): that one gets none to learn.
+``prompt_layout``: where the teacher reads the prompt (user turn or system turn).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = ["DistillCollator"]
 class DistillCollator:
     tokenizer: Any
     max_length: int = 512
+    prompt_layout: str = "user"
 
     def _pad(self, rows: list[list[int]], masks: list[list[bool]]) -> tuple[Tensor, Tensor, Tensor]:
         width = max(map(len, rows))
@@ -57,8 +61,9 @@ class DistillCollator:
         for i, record in enumerate(records):
             if record.output is None:
                 raise ValueError(f"Record {i} has no output: label the data with the teacher first (hyperlora.data.label).")
-            response = response_ids(self.tokenizer, record.output)
-            ids, mask = self._sequence(prefix_ids(self.tokenizer, record.prompt, record.input), response, f"teacher row {i}")
+            response = response_ids(self.tokenizer, record.output, record.complete)
+            teacher = prefix_ids(self.tokenizer, record.prompt, record.input, self.prompt_layout)
+            ids, mask = self._sequence(teacher, response, f"teacher row {i}")
             teacher_rows.append(ids), teacher_masks.append(mask)
             ids, mask = self._sequence(prefix_ids(self.tokenizer, None, record.input), response, f"student row {i}")
             student_rows.append(ids), student_masks.append(mask)

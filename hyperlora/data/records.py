@@ -21,6 +21,7 @@ class Record:
     prompt: str
     input: str
     output: str | None = None
+    complete: bool = True  # False: the output was cut at a length limit (a teacher's label), so it gets no end token
 
 
 class RecordError(ValueError):
@@ -48,7 +49,10 @@ def parse_record(line: str, where: str) -> Record:
     output = data.get("output")
     if output is not None and not isinstance(output, str):
         raise RecordError(f"{where}: field 'output' must be a string when present.")
-    return Record(data["prompt"], data["input"], output)
+    complete = data.get("complete", True)  # false: an output cut short (no end-of-turn token is trained on it)
+    if not isinstance(complete, bool):
+        raise RecordError(f"{where}: field 'complete' must be true or false when present.")
+    return Record(data["prompt"], data["input"], output, complete=complete)
 
 
 def scan_jsonl(path: str | Path, what: str = "Dataset file") -> tuple[list[Record], list[str]]:
@@ -99,8 +103,9 @@ def read_jsonl(path: str | Path, on_error: str = "fail") -> list[Record]:
 
 
 def write_jsonl(records: list[Record], path: str | Path) -> None:
-    """Write records atomically (``output`` left out when ``None``)."""
+    """Write records atomically (``output`` left out when ``None``, ``complete`` when true)."""
     from hyperlora.atomic import atomic_write_text
 
-    lines = [json.dumps({k: v for k, v in asdict(r).items() if v is not None}, ensure_ascii=False) for r in records]
+    rows = ({k: v for k, v in asdict(r).items() if v not in (None, True)} for r in records)
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
     atomic_write_text(path, "\n".join(lines) + "\n")

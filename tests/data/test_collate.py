@@ -230,3 +230,37 @@ def test_bom_and_crlf_are_not_errors(tmp_path):
 def test_a_folder_is_not_a_missing_file(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a folder"):
         read_jsonl(tmp_path)
+
+
+# -- issue 15: a label cut at its length limit gets no end token; Record.complete round-trips through JSONL ----------
+
+
+def test_an_incomplete_response_gets_no_end_token(tokenizer):
+    cut = Record(RECORDS[0].prompt, RECORDS[0].input, RECORDS[0].output, complete=False)
+    batch = DistillCollator(tokenizer, max_length=128)([cut, RECORDS[1]])
+    text = tokenizer(cut.output, add_special_tokens=False)["input_ids"]
+    assert batch["labels"].tolist() == text + _expected_response(tokenizer, RECORDS[1].output)
+    for who in ("teacher", "student"):
+        ids, mask = batch[f"{who}_input_ids"], batch[f"{who}_loss_mask"]
+        assert ids[0, 1:][mask[0, :-1]].tolist() == text  # nothing after the cut text is learnt
+        assert tokenizer.eos_token_id not in ids[0].tolist()
+        assert int(mask[0].sum()) == len(text)
+
+
+def test_write_jsonl_keeps_an_incomplete_flag_and_leaves_the_default_out(tmp_path):
+    path = tmp_path / "out.jsonl"
+    write_jsonl([Record("Sort.", "b a", "a", complete=False), Record("Sort.", "b a", "a b")], path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"prompt": "Sort.", "input": "b a", "output": "a", "complete": False},
+                    {"prompt": "Sort.", "input": "b a", "output": "a b"}]
+
+
+def test_complete_round_trips_through_jsonl_and_is_checked(tmp_path):
+    from hyperlora.data.records import RecordError, parse_record
+
+    records = [Record("P", "x", "cut sho", complete=False), Record("P", "y", "done")]
+    path = tmp_path / "r.jsonl"
+    write_jsonl(records, path)
+    assert read_jsonl(path) == records
+    with pytest.raises(RecordError, match="r.jsonl:3: field 'complete' must be true or false"):
+        parse_record('{"prompt": "P", "input": "x", "complete": "no"}', "r.jsonl:3")

@@ -11,7 +11,7 @@ import hyperlora.data.label as label_module
 from hyperlora.data.format import prefix_ids
 from hyperlora.data.label import label_missing, read_cache
 from hyperlora.data.records import Record
-from hyperlora.decoding import greedy_decode
+from hyperlora.decoding import decode_batch, greedy_decode
 from hyperlora.toy.models import tiny_model
 
 TOKENS = 4  # new tokens per label: enough to tell two random teachers apart, fast on a CPU
@@ -24,17 +24,17 @@ def teachers():
 
 
 class CountingDecode:
-    """``greedy_decode`` that counts the rows it decodes, and raises at batch ``fail_at`` (a kill, simulated)."""
+    """``decode_batch`` that counts the rows it decodes, and raises at batch ``fail_at`` (a kill, simulated)."""
 
     def __init__(self, fail_at: int | None = None) -> None:
         self.rows, self.batches, self.fail_at = 0, 0, fail_at
 
-    def __call__(self, model, tokenizer, prefixes, max_new_tokens, context=None):
+    def __call__(self, model, tokenizer, prefixes, max_new_tokens, context=None, **options):
         if self.batches == self.fail_at:
             raise KeyboardInterrupt("killed while labelling")
         self.batches += 1
         self.rows += len(prefixes)
-        return greedy_decode(model, tokenizer, prefixes, max_new_tokens, context)
+        return decode_batch(model, tokenizer, prefixes, max_new_tokens, context, **options)
 
 
 def _expected(teacher, tok, records=RECORDS, tokens=TOKENS) -> list[str]:
@@ -44,7 +44,7 @@ def _expected(teacher, tok, records=RECORDS, tokens=TOKENS) -> list[str]:
 def test_labels_are_the_teachers_greedy_answers_and_are_cached(teachers, tok, tmp_path: Path, monkeypatch) -> None:
     cache = tmp_path / "teacher_outputs.jsonl"
     decode = CountingDecode()
-    monkeypatch.setattr(label_module, "greedy_decode", decode)
+    monkeypatch.setattr(label_module, "decode_batch", decode)
     done = [Record("given", "x", "kept"), *RECORDS]
     labelled = label_missing(done, teachers[0], tok, cache, max_new_tokens=TOKENS, batch_size=4)
     assert labelled[0].output == "kept"  # a record with an output is never relabelled
@@ -60,7 +60,7 @@ def test_another_teacher_relabels(teachers, tok, tmp_path: Path, monkeypatch) ->
     a = label_missing(RECORDS, first, tok, cache, max_new_tokens=TOKENS)
     assert [r.output for r in a] == _expected(first, tok)
     decode = CountingDecode()
-    monkeypatch.setattr(label_module, "greedy_decode", decode)
+    monkeypatch.setattr(label_module, "decode_batch", decode)
     b = label_missing(RECORDS, second, tok, cache, max_new_tokens=TOKENS)
     assert decode.rows == len(RECORDS)  # the other teacher's labels are not reused
     assert [r.output for r in b] == _expected(second, tok) != [r.output for r in a]
@@ -73,7 +73,7 @@ def test_other_settings_relabel(teachers, tok, tmp_path: Path, monkeypatch) -> N
     cache = tmp_path / "teacher_outputs.jsonl"
     label_missing(RECORDS, teachers[0], tok, cache, max_new_tokens=TOKENS)
     decode = CountingDecode()
-    monkeypatch.setattr(label_module, "greedy_decode", decode)
+    monkeypatch.setattr(label_module, "decode_batch", decode)
     longer = label_missing(RECORDS, teachers[0], tok, cache, max_new_tokens=TOKENS + 2)
     assert decode.rows == len(RECORDS)
     assert [r.output for r in longer] == _expected(teachers[0], tok, tokens=TOKENS + 2)
@@ -81,12 +81,12 @@ def test_other_settings_relabel(teachers, tok, tmp_path: Path, monkeypatch) -> N
 
 def test_a_kill_during_labelling_keeps_the_finished_batches(teachers, tok, tmp_path: Path, monkeypatch) -> None:
     cache = tmp_path / "teacher_outputs.jsonl"
-    monkeypatch.setattr(label_module, "greedy_decode", CountingDecode(fail_at=2))
+    monkeypatch.setattr(label_module, "decode_batch", CountingDecode(fail_at=2))
     with pytest.raises(KeyboardInterrupt):
         label_missing(RECORDS, teachers[0], tok, cache, max_new_tokens=TOKENS, batch_size=2)
     assert len(read_cache(cache)) == 4  # two batches of two were on disk before the third one died
     decode = CountingDecode()
-    monkeypatch.setattr(label_module, "greedy_decode", decode)
+    monkeypatch.setattr(label_module, "decode_batch", decode)
     labelled = label_missing(RECORDS, teachers[0], tok, cache, max_new_tokens=TOKENS, batch_size=2)
     assert decode.rows == 2  # only the batch in flight is decoded again
     assert [r.output for r in labelled] == _expected(teachers[0], tok)
@@ -100,8 +100,124 @@ def test_a_line_cut_by_a_kill_is_ignored_and_cut_before_the_next_append(teachers
         handle.write('{"key": "0123abc", "outp')  # a kill in the middle of an append
     assert len(read_cache(cache)) == 3
     decode = CountingDecode()
-    monkeypatch.setattr(label_module, "greedy_decode", decode)
+    monkeypatch.setattr(label_module, "decode_batch", decode)
     labelled = label_missing(RECORDS, teachers[0], tok, cache, max_new_tokens=TOKENS)
     assert decode.rows == 3 and [r.output for r in labelled] == _expected(teachers[0], tok)
     lines = cache.read_text().splitlines()
     assert len(lines) == 6 and all(json.loads(line)["key"] for line in lines)  # every line whole again
+
+
+# -- issue 15: cut labels, labelling options, sampling with a seed per record ---------------------------------------
+
+
+def _teacher_that_always_says(token_id: int):
+    """A tiny llama whose head always prefers ``token_id`` (EOS: it stops at once; a letter: it never stops)."""
+    import torch
+    from torch import nn
+
+    model = tiny_model("llama")
+    head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    nn.init.zeros_(head.weight)
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[token_id] = 10.0
+    model.set_output_embeddings(head)
+    return model
+
+
+def test_a_label_cut_at_the_limit_gets_no_end_token(tok, tmp_path: Path) -> None:
+    from hyperlora.data.collate import DistillCollator
+
+    cache = tmp_path / "teacher_outputs.jsonl"
+    never_stops = _teacher_that_always_says(tok.convert_tokens_to_ids("a"))
+    cut = label_missing(RECORDS[:2], never_stops, tok, cache, max_new_tokens=TOKENS, progress=False)
+    assert [(r.output, r.complete) for r in cut] == [("a" * TOKENS, False)] * 2
+    assert [json.loads(line)["finished"] for line in cache.read_text().splitlines()] == [False, False]
+    batch = DistillCollator(tok, max_length=128)(cut)
+    assert tok.eos_token_id not in batch["labels"].tolist()
+    assert batch["labels"].tolist() == tok("a" * TOKENS, add_special_tokens=False)["input_ids"] * 2
+    for who in ("teacher", "student"):
+        assert int(batch[f"{who}_loss_mask"].sum()) == 2 * TOKENS  # the loss covers the cut text, no end token
+    # Read back from the cache, the flag survives.
+    assert label_missing(RECORDS[:2], never_stops, tok, cache, max_new_tokens=TOKENS, progress=False) == cut
+
+    stops = _teacher_that_always_says(tok.eos_token_id)
+    done = label_missing(RECORDS[:2], stops, tok, cache, max_new_tokens=TOKENS, progress=False)
+    assert [(r.output, r.complete) for r in done] == [("", True)] * 2
+    batch = DistillCollator(tok, max_length=128)(done)
+    assert batch["labels"].tolist() == [tok.eos_token_id] * 2  # the stop is what it learns
+    assert int(batch["teacher_loss_mask"].sum()) == 2
+
+
+# The prompt layout changes the prefix, which is in the key (test_format checks the prefixes of both layouts).
+@pytest.mark.parametrize("change", [dict(do_sample=True), dict(repetition_penalty=1.3),
+                                    dict(max_new_tokens=TOKENS + 1)])
+def test_every_labelling_setting_is_in_the_key(change, teachers, tok, tmp_path: Path, monkeypatch) -> None:
+    cache = tmp_path / "teacher_outputs.jsonl"
+    base = dict(max_new_tokens=TOKENS, progress=False)
+    label_missing(RECORDS, teachers[0], tok, cache, **base)
+    decode = CountingDecode()
+    monkeypatch.setattr(label_module, "decode_batch", decode)
+    label_missing(RECORDS, teachers[0], tok, cache, **{**base, **change})
+    assert decode.rows == len(RECORDS)
+
+
+def test_sampling_settings_are_in_the_key_and_greedy_ignores_them(teachers, tok, tmp_path: Path, monkeypatch) -> None:
+    cache = tmp_path / "teacher_outputs.jsonl"
+    sampled = dict(max_new_tokens=TOKENS, progress=False, do_sample=True)
+    label_missing(RECORDS, teachers[0], tok, cache, **sampled)
+    decode = CountingDecode()
+    monkeypatch.setattr(label_module, "decode_batch", decode)
+    for change in (dict(temperature=0.7), dict(top_p=0.9), dict(seed=1)):
+        before = decode.rows
+        label_missing(RECORDS, teachers[0], tok, cache, **sampled, **change)
+        assert decode.rows == before + len(RECORDS), change
+    label_missing(RECORDS, teachers[0], tok, cache, max_new_tokens=TOKENS, progress=False)
+    before = decode.rows
+    # Greedy: temperature, top-p and seed change nothing, so they relabel nothing.
+    label_missing(RECORDS, teachers[0], tok, cache, max_new_tokens=TOKENS, progress=False, temperature=0.5, seed=3)
+    assert decode.rows == before
+
+
+def test_sampled_labels_are_fixed_per_record_whatever_the_batch_and_a_resume(teachers, tok, tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    options = dict(max_new_tokens=TOKENS, progress=False, do_sample=True, temperature=1.5)
+    whole = label_missing(RECORDS, teachers[0], tok, tmp_path / "a.jsonl", batch_size=6, **options)
+    monkeypatch.setattr(label_module, "decode_batch", CountingDecode(fail_at=1))
+    with pytest.raises(KeyboardInterrupt):
+        label_missing(RECORDS, teachers[0], tok, tmp_path / "b.jsonl", batch_size=4, **options)
+    monkeypatch.setattr(label_module, "decode_batch", CountingDecode())
+    resumed = label_missing(RECORDS[::-1], teachers[0], tok, tmp_path / "b.jsonl", batch_size=1, **options)
+    assert resumed[::-1] == whole  # other batches, another order, a kill in between: the same labels
+    greedy = label_missing(RECORDS, teachers[0], tok, tmp_path / "c.jsonl", batch_size=6, max_new_tokens=TOKENS,
+                           progress=False)
+    reseeded = label_missing(RECORDS, teachers[0], tok, tmp_path / "c.jsonl", batch_size=6, seed=1, **options)
+    assert [r.output for r in whole] != [r.output for r in greedy]
+    assert [r.output for r in whole] != [r.output for r in reseeded]
+
+
+def test_progress_bar_can_be_turned_off(teachers, tok, tmp_path: Path, capsys) -> None:
+    label_missing(RECORDS[:2], teachers[0], tok, tmp_path / "a.jsonl", max_new_tokens=TOKENS, progress=True)
+    assert "label" in capsys.readouterr().err
+    label_missing(RECORDS[:2], teachers[0], tok, tmp_path / "b.jsonl", max_new_tokens=TOKENS, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_data_config_passes_every_labelling_option(teachers, tok, tmp_path: Path, monkeypatch) -> None:
+    import inspect
+
+    from hyperlora.train_config import DataConfig
+
+    config = DataConfig(label_max_new_tokens=TOKENS, label_do_sample=True, label_temperature=0.8, label_top_p=0.9,
+                        label_repetition_penalty=1.1, label_seed=7, label_batch_size=2, label_progress=False)
+    options = config.label_options()
+    assert set(options) <= set(inspect.signature(label_missing).parameters)
+    decode = CountingDecode()
+    monkeypatch.setattr(label_module, "decode_batch", decode)
+    label_missing(RECORDS, teachers[0], tok, tmp_path / "a.jsonl", **options)
+    assert decode.rows == len(RECORDS) and decode.batches == 3  # label_batch_size
+    for bad in (dict(label_max_new_tokens=0), dict(label_temperature=0.0), dict(label_top_p=1.5),
+                dict(label_repetition_penalty=0.0), dict(label_seed=-1), dict(label_batch_size=0),
+                dict(prompt_layout="assistant")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            DataConfig(**bad)
