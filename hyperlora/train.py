@@ -85,7 +85,13 @@ def _distributed() -> tuple[int, int, torch.device]:
 
 def load_data(data: DataConfig, teacher: Any, tokenizer: Any, out_dir: Path, rank: int = 0,
               world: int = 1) -> tuple[list[Record], dict[str, list[Record]]]:
-    """Training records and ``{split: records}`` for evaluation."""
+    """Training records and ``{split: records}`` for evaluation.
+
+    ``instruct``: the verifiable instruction suite (``hyperlora.instruct``); ``data.targets`` picks the
+    training records: the teacher's answers with the instruction in context (``teacher``, KL), the
+    model's own bare answers rewritten to pass the verifiers (``verified``, cross-entropy;
+    ``hyperlora.data.verified``), or both (``mix``). Evaluation records are always the teacher's.
+    """
     if data.source == "builtin":
         from hyperlora.toy.tasks import as_records, build_split
 
@@ -98,11 +104,41 @@ def load_data(data: DataConfig, teacher: Any, tokenizer: Any, out_dir: Path, ran
         _barrier()  # rank 0 labels and appends to the cache alone; the others then read every label from it
     cache = out_dir / LABEL_CACHE
     options = data.label_options()
+    if data.source == "instruct":
+        train, evals = _instruct_data(data, teacher, tokenizer, cache, options, rank)
+        if world > 1 and rank == 0:
+            _barrier()
+        return train, evals
     train = label_missing(read_jsonl(data.train, data.on_error), teacher, tokenizer, cache, **options)
     evals = {name: label_missing(read_jsonl(path, data.on_error)[: data.n_eval], teacher, tokenizer, cache, **options)
              for name, path in data.eval.items()}
     if world > 1 and rank == 0:
         _barrier()
+    return train, evals
+
+
+def _instruct_data(data: DataConfig, teacher: Any, tokenizer: Any, cache: Path, options: dict[str, Any],
+                   rank: int) -> tuple[list[Record], dict[str, list[Record]]]:
+    """``load_data`` for ``data.source=instruct``: labelled (and rewritten) train records, teacher-labelled evals."""
+    from hyperlora.data.label import label_missing
+    from hyperlora.data.verified import verified_targets
+    from hyperlora.instruct import as_records, build_split
+
+    examples = build_split("train", data.n_train, data.seed)
+    train: list[Record] = []
+    if data.targets in ("teacher", "mix"):
+        train += label_missing(as_records(examples), teacher, tokenizer, cache, **options)
+    if data.targets in ("verified", "mix"):
+        verified, counts = verified_targets(examples, teacher, tokenizer, cache, **options)
+        if rank == 0:
+            print(counts, flush=True)
+        if not verified and data.targets == "verified":
+            raise ValueError(f"data.targets=verified: no training record is left ({counts}); raise data.n_train "
+                             "or data.label_max_new_tokens.")
+        train += verified
+    # The same seed as train: train_unseen_questions then asks train's instructions on unseen requests.
+    evals = {s: label_missing(as_records(build_split(s, data.n_eval, data.seed)), teacher, tokenizer, cache,
+                              **options) for s in data.eval_splits}
     return train, evals
 
 

@@ -45,6 +45,10 @@ __all__ = [
 
 SCHEMA_NAME = "train_schema"
 DEFAULT_EVAL_SPLITS = ["train_unseen_inputs", "heldout_phrasing", "heldout_param", "heldout_compose"]
+# data.source=instruct with data.eval_splits left at its (toy) default evaluates these instead.
+INSTRUCT_EVAL_SPLITS = ["train_unseen_questions", "heldout_phrasing", "heldout_param", "heldout_type",
+                        "heldout_compose"]
+DATA_TARGETS = ("teacher", "verified", "mix")
 
 
 @dataclass
@@ -73,11 +77,20 @@ class TeacherConfig:
 class DataConfig:
     """Training and evaluation records (group ``data``)."""
 
-    source: str = "builtin"  # builtin: the seeded suite of hyperlora.toy.tasks | jsonl: your files
-    n_train: int = 4000  # builtin only
+    # builtin: the seeded toy suite of hyperlora.toy.tasks | jsonl: your files | instruct: the verifiable
+    # instruction suite for real LMs (hyperlora.instruct), labelled by the teacher and/or rewritten (data.targets)
+    source: str = "builtin"
+    n_train: int = 4000  # builtin and instruct
     n_eval: int = 200  # per evaluation split
     seed: int = 0
-    eval_splits: list[str] = field(default_factory=lambda: list(DEFAULT_EVAL_SPLITS))  # builtin only
+    # builtin and instruct; for instruct, the toy default reads as INSTRUCT_EVAL_SPLITS
+    eval_splits: list[str] = field(default_factory=lambda: list(DEFAULT_EVAL_SPLITS))
+    # instruct only: what the training outputs are and which loss they take.
+    #   teacher: the teacher's answer with the instruction in context, KL against its logits (context distillation);
+    #   verified: the model's own answer without the instruction, rewritten to pass the verifiers, cross-entropy
+    #             (records whose instruction cannot be rewritten are dropped, with a count);
+    #   mix: both sets of records, each with its own loss.
+    targets: str = "teacher"
     max_length: int = 512  # tokens per collated row
     on_error: str = "fail"  # jsonl: fail, or skip (malformed lines are reported and left out)
     train: str | None = None  # jsonl: lines {"prompt", "input", "output"?}; a missing output is labelled by the teacher
@@ -114,8 +127,22 @@ class DataConfig:
             raise ValueError(f"data.label_repetition_penalty must be > 0, got {self.label_repetition_penalty!r}.")
         if self.label_seed < 0:
             raise ValueError(f"data.label_seed must be an integer >= 0, got {self.label_seed!r}.")
-        if self.source not in ("builtin", "jsonl"):
-            raise ValueError(f"data.source={self.source!r}; choose builtin or jsonl.")
+        if self.source not in ("builtin", "jsonl", "instruct"):
+            raise ValueError(f"data.source={self.source!r}; choose builtin, jsonl or instruct.")
+        if self.targets not in DATA_TARGETS:
+            raise ValueError(f"data.targets={self.targets!r}; choose one of {', '.join(DATA_TARGETS)}.")
+        if self.targets != "teacher" and self.source != "instruct":
+            raise ValueError(f"data.targets={self.targets} needs data.source=instruct (its verifiers rewrite the "
+                             "answers); other sources take the teacher's outputs.")
+        if self.source == "instruct":
+            from hyperlora.instruct import SPLITS
+
+            if list(self.eval_splits) == DEFAULT_EVAL_SPLITS:
+                self.eval_splits = list(INSTRUCT_EVAL_SPLITS)
+            unknown = [s for s in self.eval_splits if s not in SPLITS]
+            if unknown:
+                raise ValueError(f"data.eval_splits has {unknown}, not splits of the instruct suite; choose from "
+                                 f"{', '.join(SPLITS)}.")
         if self.on_error not in ("fail", "skip"):
             raise ValueError(f"data.on_error={self.on_error!r}; choose fail or skip.")
         if self.source == "jsonl" and not self.train:

@@ -8,7 +8,9 @@ Row i of a batch gives
 ``*_loss_mask[i, t]`` is true where position t predicts a response token (the
 token at t+1). Both models hold the same response, so ``logits[loss_mask]``
 selects the same N positions in the same order from each: ``[N, V]`` each.
-Sequences are right-padded; the response ids are returned flat as ``labels [N]``.
+Sequences are right-padded; the response ids are returned flat as ``labels [N]``, and
+``verified_mask [N]`` says which of them belong to a ``Record.target="verified"`` record (a rewritten
+answer, trained by cross-entropy) rather than a ``"distill"`` one (trained against the teacher's logits).
 A response ends with the end-of-turn token (``hyperlora.data.format.response_ids``), except a
 label cut at its length limit (``Record.complete=False``): that one gets none to learn.
 ``prompt_layout``: where the teacher reads the prompt (user turn or system turn).
@@ -57,7 +59,7 @@ class DistillCollator:
         return ids, mask[: len(ids)]
 
     def __call__(self, records: list[Record]) -> dict[str, Any]:
-        teacher_rows, teacher_masks, student_rows, student_masks, labels = [], [], [], [], []
+        teacher_rows, teacher_masks, student_rows, student_masks, labels, verified = [], [], [], [], [], []
         for i, record in enumerate(records):
             if record.output is None:
                 raise ValueError(f"Record {i} has no output: label the data with the teacher first (hyperlora.data.label).")
@@ -68,6 +70,7 @@ class DistillCollator:
             ids, mask = self._sequence(prefix_ids(self.tokenizer, None, record.input), response, f"student row {i}")
             student_rows.append(ids), student_masks.append(mask)
             labels.extend(response)
+            verified.extend([record.target == "verified"] * len(response))
         t_ids, t_attn, t_loss = self._pad(teacher_rows, teacher_masks)
         s_ids, s_attn, s_loss = self._pad(student_rows, student_masks)
         return {
@@ -75,4 +78,5 @@ class DistillCollator:
             "teacher_input_ids": t_ids, "teacher_attention_mask": t_attn, "teacher_loss_mask": t_loss,
             "student_input_ids": s_ids, "student_attention_mask": s_attn, "student_loss_mask": s_loss,
             "labels": torch.tensor(labels, dtype=torch.long),
+            "verified_mask": torch.tensor(verified, dtype=torch.bool),
         }

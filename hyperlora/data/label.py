@@ -12,7 +12,11 @@ A label that ran into ``max_new_tokens`` before the teacher ended its turn is *i
 (``Record.complete=False``): the collator gives it no end token, so no student learns to stop
 where the teacher was cut.
 
-The cache is a JSONL file of ``{"key", "output", "finished"}`` rows, appended (and flushed to
+A record with ``prompt=None`` is labelled from its input alone (the model's own answer to the bare
+request, which ``hyperlora.data.verified`` rewrites into a verified target); its key differs from
+any prompted one.
+
+The cache is a JSONL file of ``{"key", "output", "finished", "prompted"}`` rows, appended (and flushed to
 disk) as each batch is decoded, so a kill during labelling loses at most the batch in flight.
 A line a kill cut short is ignored on reload and cut off before the next append.
 """
@@ -133,9 +137,12 @@ def label_missing(records: list[Record], teacher: nn.Module, tokenizer: Any, cac
                     do_sample=do_sample, temperature=temperature, top_p=top_p,
                     repetition_penalty=repetition_penalty, seeds=[_seed(keys[id(r)]) for r in chunk])
                 rows = {keys[id(r)]: (text, done) for r, text, done in zip(chunk, texts, finished)}
+                # "prompted": whether the answer was written with the prompt in context (false: the bare input,
+                # the source of verified targets); for a reader of the file only, the key already says it.
+                prompted = {keys[id(r)]: r.prompt is not None for r in chunk}
                 # One write per batch, on disk before the next batch starts.
-                handle.write("".join(json.dumps({"key": k, "output": v, "finished": f}) + "\n"
-                                     for k, (v, f) in rows.items()))
+                handle.write("".join(json.dumps({"key": k, "output": v, "finished": f, "prompted": prompted[k]})
+                                     + "\n" for k, (v, f) in rows.items()))
                 handle.flush()
                 os.fsync(handle.fileno())
                 cache.update(rows)

@@ -13,7 +13,9 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Record", "RecordError", "parse_record", "read_jsonl", "scan_jsonl", "write_jsonl"]
+TARGETS = ("distill", "verified")
+
+__all__ = ["TARGETS", "Record", "RecordError", "parse_record", "read_jsonl", "scan_jsonl", "write_jsonl"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,13 @@ class Record:
     input: str
     output: str | None = None
     complete: bool = True  # False: the output was cut at a length limit (a teacher's label), so it gets no end token
+    # What the output is a target of: "distill" (the teacher's logits, KL) or "verified" (a rewritten answer that
+    # passes the instruction's verifier: cross-entropy on it; the teacher's logits are no target for it).
+    target: str = "distill"
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"Record target={self.target!r}; choose one of {', '.join(TARGETS)}.")
 
 
 class RecordError(ValueError):
@@ -52,7 +61,10 @@ def parse_record(line: str, where: str) -> Record:
     complete = data.get("complete", True)  # false: an output cut short (no end-of-turn token is trained on it)
     if not isinstance(complete, bool):
         raise RecordError(f"{where}: field 'complete' must be true or false when present.")
-    return Record(data["prompt"], data["input"], output, complete=complete)
+    target = data.get("target", "distill")
+    if target not in TARGETS:
+        raise RecordError(f"{where}: field 'target' must be one of {', '.join(TARGETS)} when present.")
+    return Record(data["prompt"], data["input"], output, complete=complete, target=target)
 
 
 def scan_jsonl(path: str | Path, what: str = "Dataset file") -> tuple[list[Record], list[str]]:
@@ -103,9 +115,10 @@ def read_jsonl(path: str | Path, on_error: str = "fail") -> list[Record]:
 
 
 def write_jsonl(records: list[Record], path: str | Path) -> None:
-    """Write records atomically (``output`` left out when ``None``, ``complete`` when true)."""
+    """Write records atomically (``output`` left out when ``None``, ``complete`` when true, ``target`` when distill)."""
     from hyperlora.atomic import atomic_write_text
 
-    rows = ({k: v for k, v in asdict(r).items() if v not in (None, True)} for r in records)
+    defaults = {"output": None, "complete": True, "target": "distill"}
+    rows = ({k: v for k, v in asdict(r).items() if k not in defaults or v != defaults[k]} for r in records)
     lines = [json.dumps(row, ensure_ascii=False) for row in rows]
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -102,21 +102,43 @@ def adapter_l2_penalty(adapters: AdapterBatch) -> Tensor:
 
 def distillation_loss(student: Tensor, teacher: Tensor, labels: Tensor | None = None, kind: str = "forward_kl",
                       temperature: float = 1.0, ce_weight: float = 0.0, chunk: int = 1024,
-                      adapters: AdapterBatch | None = None, adapter_l2: float = 0.0) -> dict[str, Tensor]:
-    """``{"loss", "kl", "ce"?, "adapter_l2"?}``: ``loss = kl + ce_weight · ce + adapter_l2 · penalty``.
+                      adapters: AdapterBatch | None = None, adapter_l2: float = 0.0,
+                      verified: Tensor | None = None) -> dict[str, Tensor]:
+    """``{"loss", "kl", "ce"?, "verified_ce"?, "adapter_l2"?}``: ``loss = kl + ce_weight·ce + adapter_l2·penalty``.
 
     ``ce`` only when ``ce_weight > 0`` (needs ``labels [N]``); ``adapter_l2`` (the unweighted
     ``adapter_l2_penalty`` of ``adapters``) only when ``adapter_l2 > 0``. With both weights 0
     the loss is the KL alone, exactly.
+
+    ``verified [N]`` (bool, the collator's ``verified_mask``): the tokens whose target is a verified,
+    rewritten answer rather than the teacher's distribution. Those take cross-entropy against
+    ``labels`` (``verified_ce``, the mean over the verified tokens) and no KL; ``kl`` and ``ce`` are then
+    means over the other (distill) tokens only, and ``loss = kl + ce_weight · ce + verified_ce (+ penalty)``.
+    With no verified token (``None``, or all false) the computation is exactly the one without the mask.
     """
-    kl = kl_loss(student, teacher, kind, temperature, chunk)
+    if verified is not None and verified.shape != student.shape[:1]:
+        raise ValueError(f"verified mask {tuple(verified.shape)} does not match the {student.shape[0]} logit rows.")
+    mixed = verified is not None and bool(verified.any())
+    if mixed:
+        if labels is None:
+            raise ValueError("verified tokens need labels.")
+        verified = verified.to(student.device)
+        distill = ~verified
+        student_d, teacher_d, labels_d = student[distill], teacher[distill], labels[distill]
+    else:
+        student_d, teacher_d, labels_d = student, teacher, labels
+    kl = kl_loss(student_d, teacher_d, kind, temperature, chunk)
     out = {"kl": kl, "loss": kl}
     if ce_weight > 0:
-        if labels is None:
+        if labels_d is None:
             raise ValueError("ce_weight > 0 needs labels.")
-        ce = cross_entropy_loss(student, labels, chunk)
+        ce = cross_entropy_loss(student_d, labels_d, chunk)
         out["ce"] = ce
         out["loss"] = out["loss"] + ce_weight * ce
+    if mixed:
+        verified_ce = cross_entropy_loss(student[verified], labels[verified], chunk)
+        out["verified_ce"] = verified_ce
+        out["loss"] = out["loss"] + verified_ce
     if adapter_l2 < 0:
         raise ValueError(f"adapter_l2 must be >= 0, got {adapter_l2}.")
     if adapter_l2 > 0:
