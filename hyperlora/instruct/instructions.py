@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from hyperlora.data.suites import check_pools
 from hyperlora.instruct.phrasings import PHRASINGS
 from hyperlora.instruct.rewriters import REWRITERS, Rewriter
 from hyperlora.instruct.verifiers import VERIFIERS
@@ -51,13 +52,7 @@ class InstructionType:
     ifeval: str | None = None  # the IFEval instruction id it mirrors, if any
 
     def __post_init__(self) -> None:
-        if len(self.phrasings) < 5:
-            raise ValueError(f"type {self.name!r} needs at least 5 phrasings, got {len(self.phrasings)}")
-        if bool(self.train_params) != bool(self.heldout_params):
-            raise ValueError(f"type {self.name!r} needs both train and held-out parameter values, or neither")
-        overlap = [p for p in self.heldout_params if p in self.train_params]
-        if overlap:
-            raise ValueError(f"type {self.name!r}: held-out parameter values {overlap} are also train values")
+        check_pools(f"type {self.name!r}", self.phrasings, 5, self.train_params, self.heldout_params)
 
     @property
     def rewritable(self) -> bool:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hyperlora.data.records import Record
+from hyperlora.data.suites import check_pools
 
 __all__ = [
     "WORDS",
@@ -172,13 +173,7 @@ class TaskFamily:
     plant: Callable[[list[str], Any, random.Random], list[str]] | None = None  # make the input fit
 
     def __post_init__(self) -> None:
-        if len(self.phrasings) < 4:
-            raise ValueError(f"family {self.name!r} needs at least 4 phrasings, got {len(self.phrasings)}")
-        if bool(self.train_params) != bool(self.heldout_params):
-            raise ValueError(f"family {self.name!r} needs both train and held-out parameter values, or neither")
-        overlap = [p for p in self.heldout_params if p in self.train_params]
-        if overlap:
-            raise ValueError(f"family {self.name!r}: held-out parameter values {overlap} are also train values")
+        check_pools(f"family {self.name!r}", self.phrasings, 4, self.train_params, self.heldout_params)
 
     @property
     def parameterised(self) -> bool:
