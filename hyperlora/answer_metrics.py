@@ -303,7 +303,9 @@ class ModelAnswers:
     """One model's answers on the records and their figures.
 
     ``rouge_l`` and ``token_f1`` are means over records of the agreement with the teacher's
-    greedy answer to the same record (the teacher's own are 1.0 by construction).
+    greedy answer to the same record (the teacher's own are 1.0 by construction); ``on_topic``
+    the mean ROUGE-L against the base's answer (the model's own answer without the instruction:
+    a student trained on rewritten answers should stay close to it).
     """
 
     answers: list[str]
@@ -313,6 +315,7 @@ class ModelAnswers:
     token_f1: float
     prompt_level_loose: float | None = None
     instruction_level_loose: float | None = None
+    on_topic: float | None = None
 
     def figures(self) -> dict[str, float]:
         """The numbers alone (for a metrics logger); loose ones only when computed."""
@@ -321,16 +324,23 @@ class ModelAnswers:
         if self.prompt_level_loose is not None and self.instruction_level_loose is not None:
             out["prompt_level_loose"] = self.prompt_level_loose
             out["instruction_level_loose"] = self.instruction_level_loose
+        if self.on_topic is not None:
+            out["on_topic"] = self.on_topic
         return out
 
 
 def _adapted_answers(hyper: Any, prefixes: list[list[int]], prompts: list[str], max_new_tokens: int,
-                     batch_size: int) -> list[str]:
+                     batch_size: int, cache: AnswerCache | None = None) -> list[str]:
+    """Greedy answers with each prompt's adapter. A chunk whose adapters are all exactly zero (an untrained
+    hypernetwork: its B heads start at zero) changes no logit, so its answers are the base's, from ``cache``."""
     answers: list[str] = []
     for start in range(0, len(prefixes), batch_size):
         adapters = hyper.adapters(prompts[start : start + batch_size])
-        answers += greedy_decode(hyper.student, hyper.tokenizer, prefixes[start : start + batch_size],
-                                 max_new_tokens, hyper.inject(adapters))
+        chunk = prefixes[start : start + batch_size]
+        if cache is not None and all(not b.any() for _, b in adapters.values()):
+            answers += cache.decode(hyper.student, hyper.tokenizer, chunk, max_new_tokens, batch_size)
+            continue
+        answers += greedy_decode(hyper.student, hyper.tokenizer, chunk, max_new_tokens, hyper.inject(adapters))
     return answers
 
 
@@ -358,7 +368,7 @@ def compare_models(hyper: Any, teacher: nn.Module, records: Sequence[Any], follo
     bare = [prefix_ids(tok, None, r.input) for r in records]
     prompts = [r.prompt for r in records]
     answers = {
-        "student": _adapted_answers(hyper, bare, prompts, max_new_tokens, batch_size),
+        "student": _adapted_answers(hyper, bare, prompts, max_new_tokens, batch_size, cache),
         "teacher": cache.decode(teacher, tok, [prefix_ids(tok, r.prompt, r.input) for r in records],
                                 max_new_tokens, batch_size),
         "base": cache.decode(hyper.student, tok, bare, max_new_tokens, batch_size),
@@ -378,5 +388,6 @@ def compare_models(hyper: Any, teacher: nn.Module, records: Sequence[Any], follo
             token_f1=sum(map(token_f1, texts, reference)) / len(texts),
             prompt_level_loose=rates.prompt_level_loose,
             instruction_level_loose=rates.instruction_level_loose,
+            on_topic=sum(map(rouge_l, texts, answers["base"])) / len(texts),
         )
     return results

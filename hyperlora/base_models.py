@@ -180,6 +180,19 @@ def gguf_source(name: str | Path, what: str = "base model") -> Path | None:
     return None
 
 
+def loadable_path(name: str | None) -> str | None:
+    """What ``AutoModelForCausalLM.from_pretrained`` can load for a base model's name, for files other tools
+    read (a PEFT folder's ``base_model_name_or_path``): a GGUF file, or the packaged name, becomes its
+    converted folder (converted now if missing); any other name is returned as it is."""
+    if name is None:
+        return None
+    try:
+        gguf = gguf_source(name)
+    except (FileNotFoundError, ValueError):
+        return name  # not loadable here: the name is still the best record of what it was
+    return str(gguf_cache_folder(gguf)) if gguf is not None else name
+
+
 def gguf_cache_folder(gguf: Path, what: str = "base model") -> Path:
     """The Hugging Face folder converted from ``gguf`` (converted now if it is missing or stale)."""
     gguf = Path(gguf).resolve()

@@ -10,7 +10,7 @@ import sys
 # Modules are imported only when chosen,
 # so ``hyperlora --help`` stays instant and a job's heavy imports stay its own.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("hyperlora.quickstart", "the main job: CPU teacher -> train -> generate -> per-layer summary"),
+    "quickstart": ("hyperlora.quickstart", "the main job on SmolLM2: label -> train -> before/after -> side by side -> per-layer table"),
     "train": ("hyperlora.train", "train a hypernetwork against a teacher (Hydra overrides: key=value ...)"),
     "selfcheck": ("hyperlora.selfcheck", "inject random per-row adapters into tiny models and check them against a dense reference"),
     "generate": ("hyperlora.generation", "generate with prompt-conditioned adapters (--prompt/--input or --batch FILE.jsonl)"),

@@ -120,11 +120,18 @@ class PromptEncoder(nn.Module):
                 stacklevel=3,
             )
             self._warned_truncation = True
-        batch = self.tokenizer(
-            prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
-            add_special_tokens=special,
-        )
-        return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        rows = self.tokenizer(prompts, truncation=True, max_length=self.max_length,
+                              add_special_tokens=special)["input_ids"]
+        # Padded here, on the tokenizer's side, rather than by the tokenizer: some tokenizers (SmolLM2's GGUF
+        # one under some transformers versions) have no pad token, and padded positions are masked anyway.
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width, left = max(map(len, rows)), getattr(self.tokenizer, "padding_side", "right") == "left"
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            cols = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[i, cols], mask[i, cols] = torch.tensor(row, dtype=torch.long), 1
+        return ids.to(device), mask.to(device)
 
 
 def _masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from hyperlora.atomic import atomic_directory, check_replaceable
+from hyperlora.base_models import loadable_path
 from hyperlora.encoder import check_prompts
 from hyperlora.lora import AdapterBatch, delta_weight
 from hyperlora.model import HyperLoRA
@@ -79,7 +80,9 @@ def export_peft(hyper: HyperLoRA, prompt: str, out_dir: str | Path, force: bool 
         fan_in_fan_out=any(t.is_conv1d for t in hyper.targets),
         bias="none",
         task_type="CAUSAL_LM",
-        base_model_name_or_path=hyper.config.base_model,
+        # A GGUF student (or smollm2-135m-instruct) is named by its converted folder: PEFT and transformers
+        # load that without gguf_file=; a toy: name stays as it is.
+        base_model_name_or_path=loadable_path(hyper.config.base_model),
     )
     with atomic_directory(out_dir, overwrite=force, replaceable=is_export, what="export folder") as tmp:
         config.save_pretrained(str(tmp))

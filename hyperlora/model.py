@@ -206,16 +206,18 @@ class HyperLoRA(nn.Module):
         if isinstance(inputs, (list, tuple)):
             if self.tokenizer is None:
                 raise ValueError("Text inputs need a tokenizer: pass tokenizer= to HyperLoRA, or token ids.")
+            from hyperlora.decoding import left_padded
+
             tok = self.tokenizer
+            # Left padding: generation continues from each row's last real token. Padded here, not by the
+            # tokenizer: some have no pad token (SmolLM2's GGUF one), and padded positions are masked anyway.
+            pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
             if chat_template and getattr(tok, "chat_template", None):
                 # As the student read its inputs in training; an instruct model answers nothing to bare text.
                 from hyperlora.data.format import prefix_ids
-                from hyperlora.decoding import left_padded
 
-                pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
                 return left_padded([prefix_ids(tok, None, text) for text in inputs], pad, device)
-            # Left padding: generation continues from each row's last real token.
-            inputs = tok(list(inputs), return_tensors="pt", padding=True, padding_side="left")
+            return left_padded(tok(list(inputs))["input_ids"], pad, device)
         return {k: v.to(device) for k, v in dict(inputs).items() if k in ("input_ids", "attention_mask")}
 
     # -- bookkeeping ---------------------------------------------------------

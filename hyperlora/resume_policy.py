@@ -29,7 +29,7 @@ RESUMABLE: tuple[str, ...] = (
     "trainer.eval_every", "trainer.eval_examples", "trainer.eval_batch_size", "trainer.max_new_tokens",
     "trainer.save_every", "trainer.keep_last", "trainer.resume", "trainer.overwrite", "trainer.out_dir",
     "trainer.max_loss_ratio", "trainer.bf16", "trainer.gradient_checkpointing", "trainer.progress",
-    "data.n_eval", "data.eval_splits", "data.eval", "data.on_error",
+    "data.n_eval", "data.eval_splits", "data.eval", "data.on_error", "data.label_cache", "data.label_progress",
     "logger.", "eval_before",
 )
 

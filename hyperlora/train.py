@@ -1,6 +1,6 @@
 """``hyperlora train``: compose the Hydra config, load student/teacher/data, train, save.
 
-    hyperlora train experiment=demo_cpu trainer.max_steps=100 distill.adapter_l2=0.01
+    hyperlora train experiment=smollm2_cpu trainer.max_steps=100 distill.adapter_l2=0.01
     torchrun --nproc_per_node 2 -m hyperlora.cli train experiment=gpu     # DDP over the hypernetwork
 
 The configs are ``hyperlora/conf`` (shipped with the package), typed and validated by
@@ -42,7 +42,7 @@ from hyperlora.run_lock import LOCK_NAME, RunLock
 from hyperlora.train_config import DataConfig, TrainConfig, check_overrides, register_schema, train_config
 from hyperlora.trainer import Trainer
 
-__all__ = ["CONF_DIR", "RUN_FORMAT", "compose_config", "load_data", "open_run_folder", "run", "main"]
+__all__ = ["CONF_DIR", "RUN_FORMAT", "compose_config", "eval_follows", "load_data", "open_run_folder", "run", "main"]
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
 RUN_FORMAT = "hyperlora-run/1"
@@ -98,11 +98,11 @@ def load_data(data: DataConfig, teacher: Any, tokenizer: Any, out_dir: Path, ran
         train = as_records(build_split("train", data.n_train, data.seed))
         evals = {s: as_records(build_split(s, data.n_eval, data.seed + 1)) for s in data.eval_splits}
         return train, evals
-    from hyperlora.data.label import label_missing
+    from hyperlora.data.label import check_cache_file, label_missing
 
+    cache = check_cache_file(data.label_cache) if data.label_cache else out_dir / LABEL_CACHE
     if world > 1 and rank != 0:
         _barrier()  # rank 0 labels and appends to the cache alone; the others then read every label from it
-    cache = out_dir / LABEL_CACHE
     options = data.label_options()
     if data.source == "instruct":
         train, evals = _instruct_data(data, teacher, tokenizer, cache, options, rank)
@@ -140,6 +140,17 @@ def _instruct_data(data: DataConfig, teacher: Any, tokenizer: Any, cache: Path, 
     evals = {s: label_missing(as_records(build_split(s, data.n_eval, data.seed)), teacher, tokenizer, cache,
                               **options) for s in data.eval_splits}
     return train, evals
+
+
+def eval_follows(data: DataConfig) -> Any:
+    """The verifiers of the evaluation records (``hyperlora.open_eval.instruct_follows``) for
+    ``data.source=instruct``; None for the other sources (the toy suite is judged by exact match)."""
+    if data.source != "instruct":
+        return None
+    from hyperlora.instruct import build_split
+    from hyperlora.open_eval import instruct_follows
+
+    return instruct_follows(e for s in data.eval_splits for e in build_split(s, data.n_eval, data.seed))
 
 
 def _barrier() -> None:
@@ -353,7 +364,8 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
         path = out_dir / "metrics.jsonl" if config.logger.kind != "none" else None
         logger = MetricsLogger(path, wandb=config.logger.wandb_options(), config=config.to_dict())
     trainer = Trainer(hyper, train, config.trainer, evals, teacher, logger, config.data.max_length, rank, world,
-                      distill=config.distill, prompt_layout=config.data.prompt_layout)
+                      distill=config.distill, prompt_layout=config.data.prompt_layout,
+                      follows=eval_follows(config.data))
     if rank == 0 and config.trainer.resume:
         write_run_record(out_dir, config.to_dict(), continues=True)  # the resume was accepted: its allowed changes are recorded
     result: dict[str, Any] = {}

@@ -105,6 +105,10 @@ class DataConfig:
     label_seed: int = 0  # sampling only: each record draws from a seed made of this and the record
     label_batch_size: int = 32
     label_progress: bool = True  # a progress bar while labelling
+    # The labels' cache file; null: trainer.out_dir/teacher_outputs.jsonl. Runs that share a teacher (a hypernetwork
+    # and its prompt-agnostic baseline, several seeds) can share one file: a label is keyed by teacher, record and
+    # settings, so a shared file only ever serves the label a run would have written itself.
+    label_cache: str | None = None
 
     def label_options(self) -> dict[str, Any]:
         """``hyperlora.data.label.label_missing``'s keyword arguments."""

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hyperlora.answer_metrics import AnswerCache, Follows
 from hyperlora.atomic import atomic_directory
 from hyperlora.batches import BatchStream
 from hyperlora.data.collate import DistillCollator
@@ -47,6 +48,7 @@ from hyperlora.evaluate import exact_match, heldout_kl
 from hyperlora.metrics import MetricsLogger
 from hyperlora.config import HyperLoRAConfig
 from hyperlora.model import HyperLoRA, read_checkpoint_config
+from hyperlora.open_eval import open_answer_metrics
 from hyperlora.resume_policy import changed_keys, flatten
 from hyperlora.schedule import warmup_cosine
 from hyperlora.state_io import StateError, load_state, save_state
@@ -169,12 +171,15 @@ class Trainer:
     """Trains ``hyper.hypernet`` against ``teacher`` (default: the student itself, prompt in context).
 
     ``distill``: what the loss is made of (default ``DistillConfig()``: forward KL alone).
+    ``follows``: the verifiers of open answers (``hyperlora.open_eval.instruct_follows``); given, evaluation
+    reports instruction following and the KL gap closed (``open_answer_metrics``) instead of exact match.
     """
 
     def __init__(self, hyper: HyperLoRA, train_records: list[Record], config: TrainerConfig,
                  eval_sets: dict[str, list[Record]] | None = None, teacher: nn.Module | None = None,
                  logger: MetricsLogger | None = None, max_length: int = 512, rank: int = 0, world: int = 1,
-                 distill: DistillConfig | None = None, prompt_layout: str = "user") -> None:
+                 distill: DistillConfig | None = None, prompt_layout: str = "user",
+                 follows: Follows | None = None) -> None:
         self.hyper, self.config = hyper, config
         self.distill = distill if distill is not None else DistillConfig()
         self.teacher = (teacher if teacher is not None else hyper.student).eval()
@@ -183,6 +188,9 @@ class Trainer:
         # prompt_layout: where the teacher reads the instruction (the user turn, or a system turn).
         self.collator = DistillCollator(hyper.tokenizer, max_length, prompt_layout)
         self.eval_sets = {k: v[: config.eval_examples] for k, v in (eval_sets or {}).items()}
+        self.follows = follows
+        self.answer_cache = AnswerCache()  # the teacher's and the base's answers, decoded once per run
+        self._evaluated: tuple[int, bool, dict[str, float]] | None = None  # (step, exact match, metrics)
         self.logger = logger if logger is not None else MetricsLogger(None)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -228,7 +236,8 @@ class Trainer:
             no_sync = self.hypernet.no_sync() if not sync and hasattr(self.hypernet, "no_sync") else nullcontext()
             with no_sync:
                 with self._autocast():
-                    out = distill_forward(self.hyper, self.teacher, batch, self.device, self.hypernet)
+                    out = distill_forward(self.hyper, self.teacher, batch, self.device, self.hypernet,
+                                          skip_unread_teacher=True)
                     losses = distillation_loss(
                         out.student, out.teacher, batch["labels"].to(self.device), objective.loss,
                         objective.temperature, objective.ce_weight, objective.loss_chunk,
@@ -302,17 +311,30 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------
     def evaluate(self, with_exact_match: bool = True) -> dict[str, float]:
-        """Held-out KL per split, and greedy exact match of student, teacher and base."""
+        """Per split: held-out KL and greedy exact match of student, teacher and base (the toy suite),
+        or, with ``follows``, the figures of ``hyperlora.open_eval.open_answer_metrics``.
+
+        ``with_exact_match=False``: the KL alone. An evaluation at a step already evaluated returns
+        the same figures without decoding again (the weights have not changed since).
+        """
+        if self._evaluated is not None and self._evaluated[:2] == (self.step, with_exact_match):
+            return dict(self._evaluated[2])
         self.hyper.eval()
+        cfg = self.config
         metrics: dict[str, float] = {}
         for split, records in self.eval_sets.items():
-            metrics[f"{split}/kl"] = heldout_kl(self.hyper, self.teacher, records, self.collator,
-                                                self.config.eval_batch_size)
+            if self.follows is not None and with_exact_match:
+                figures = open_answer_metrics(self.hyper, self.teacher, records, self.collator, self.follows,
+                                              self.answer_cache, cfg.eval_batch_size, cfg.max_new_tokens)
+                metrics.update({f"{split}/{key}": value for key, value in figures.items()})
+                continue
+            metrics[f"{split}/kl"] = heldout_kl(self.hyper, self.teacher, records, self.collator, cfg.eval_batch_size)
             if with_exact_match:
-                for who, value in exact_match(self.hyper, self.teacher, records, self.config.eval_batch_size,
-                                              self.config.max_new_tokens).items():
+                for who, value in exact_match(self.hyper, self.teacher, records, cfg.eval_batch_size,
+                                              cfg.max_new_tokens).items():
                     metrics[f"{split}/em_{who}"] = value
         self.hyper.train()
+        self._evaluated = (self.step, with_exact_match, dict(metrics))
         return metrics
 
     # -- checkpoints ---------------------------------------------------------

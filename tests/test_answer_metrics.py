@@ -335,9 +335,15 @@ def test_compare_models_structure_answers_and_cache() -> None:
             sum(rouge_l(a, t) for a, t in zip(result.answers, first["teacher"].answers)) / len(GRID))
         assert result.token_f1 == pytest.approx(
             sum(token_f1(a, t) for a, t in zip(result.answers, first["teacher"].answers)) / len(GRID))
+        # on_topic: the mean ROUGE-L against the base's answer to the same record.
+        assert result.on_topic == pytest.approx(
+            sum(rouge_l(a, b) for a, b in zip(result.answers, first["base"].answers)) / len(GRID))
         assert set(result.figures()) == {"prompt_level", "instruction_level", "rouge_l", "token_f1",
-                                         "prompt_level_loose", "instruction_level_loose"}
+                                         "prompt_level_loose", "instruction_level_loose", "on_topic"}
+        assert result.figures()["on_topic"] == result.on_topic
     assert first["teacher"].rouge_l == first["teacher"].token_f1 == 1.0
+    assert first["base"].on_topic == 1.0
+    assert first["teacher"].on_topic < 1.0  # the teacher (another model) answers otherwise than the base
 
     # The answers are the models' own greedy decodes, each record alone.
     for i, r in enumerate(GRID):
@@ -364,6 +370,12 @@ def test_compare_models_structure_answers_and_cache() -> None:
     assert fresh_teacher == [] and fresh_student == [4, 2, 4, 2]  # student and agnostic only
     assert (cache.decoded, cache.hits, len(cache)) == (6 + 2, 4 + 6 + 6, 8)  # base: 4 repeats in the first call
     assert {k: v.answers for k, v in second.items()} == {k: v.answers for k, v in first.items()}
+
+
+def test_figures_leave_out_what_was_not_computed() -> None:
+    plain = ModelAnswers(["a"], 1.0, 0.5, 0.25, 0.125)
+    assert plain.figures() == {"prompt_level": 1.0, "instruction_level": 0.5, "rouge_l": 0.25, "token_f1": 0.125}
+    assert ModelAnswers(["a"], 1.0, 0.5, 0.25, 0.125, on_topic=0.75).figures()["on_topic"] == 0.75
 
 
 def test_cache_keys_on_weights_and_length() -> None:

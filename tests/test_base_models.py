@@ -315,3 +315,27 @@ def test_the_packaged_smollm2_loads_and_answers(monkeypatch):
     monkeypatch.setattr(base_models, "_convert_gguf", lambda *a: pytest.fail("converted twice"))
     again, _ = load_base_model("smollm2-135m-instruct", tokenizer=False)
     assert model_fingerprint(again) == model_fingerprint(model)
+
+
+def test_a_peft_export_of_a_gguf_student_names_a_folder_peft_can_load(tiny_gguf, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from hyperlora.export import export_peft
+
+    path, _ = tiny_gguf
+    student, tok = load_base_model(path)
+    hyper = HyperLoRA(student, tok, HyperLoRAConfig(encoder=EncoderConfig(d_ctx=32, d_model=32, max_length=64)))
+    with torch.no_grad():
+        for p in hyper.hypernet.generator.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # a non-zero adapter, so that the logits below can differ
+    export_peft(hyper, "Answer in capitals.", tmp_path / "peft")
+    named = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert named == str(gguf_cache_folder(path)) and (Path(named) / "config.json").is_file()
+    # What the folder names loads without gguf_file=, and PEFT on it computes what the hooked student computes.
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(named), tmp_path / "peft").eval()
+    ids = tok("hello the world", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = hyper(["Answer in capitals."], ids).logits
+        assert not torch.allclose(expected, student(ids).logits, atol=1e-4)
+        torch.testing.assert_close(peft_model(ids).logits, expected, atol=1e-4, rtol=1e-4)

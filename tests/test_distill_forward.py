@@ -123,3 +123,104 @@ def test_distill_forward_returns_both_logits_and_the_adapters_it_used() -> None:
     assert not torch.allclose(out.student, bare.logits[batch["student_loss_mask"]], atol=1e-3)  # adapters acted
     out.student.sum().backward()  # the student's logits back-propagate into the generator
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in hyper.hypernet.generator.parameters())
+
+
+# -- verified targets: the teacher is skipped when no token needs it ------------------------------------
+
+
+class _RaisingTeacher(nn.Module):
+    """A teacher that must not be run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        raise AssertionError("the teacher was run")
+
+
+class _CountingTeacher(nn.Module):
+    """Wraps a real model and counts its forwards."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+def _perturbed_hyper() -> HyperLoRA:
+    config = HyperLoRAConfig(lora=LoRASpec(4, 8.0), encoder=EncoderConfig(d_ctx=32, d_model=32, max_length=128),
+                             generator=GeneratorConfig(d_emb=16, d_hidden=64))
+    hyper = HyperLoRA(tiny_model("llama"), char_tokenizer(), config)
+    with torch.no_grad():  # off the zero start, so that the adapters move the student's logits
+        for p in hyper.hypernet.generator.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return hyper
+
+
+def _records(targets: list[str]) -> list:
+    from dataclasses import replace
+
+    return [replace(r, target=t) for r, t in zip(as_records(build_split("train", len(targets), 0)), targets)]
+
+
+def test_all_verified_tokens_skip_the_teacher_and_give_the_cross_entropy() -> None:
+    from hyperlora.distill import distillation_loss
+
+    hyper = _perturbed_hyper()
+    batch = DistillCollator(hyper.tokenizer, 256)(_records(["verified"] * 3))
+    assert bool(batch["verified_mask"].all()) and len(batch["verified_mask"]) > 0
+    teacher = _RaisingTeacher()
+    out = distill_forward(hyper, teacher, batch, torch.device("cpu"), skip_unread_teacher=True)
+    assert teacher.calls == 0
+    n = int(batch["student_loss_mask"].sum())
+    assert out.student.shape == out.teacher.shape == (n, VOCAB_SIZE) and not out.teacher.requires_grad
+
+    # Reference: the adapted student's full forward, its logits at the loss mask, and the labels read off the
+    # student's own input ids (position t predicts token t + 1), through F.cross_entropy.
+    mask = batch["student_loss_mask"]
+    ids = batch["student_input_ids"]
+    labels = ids[:, 1:][mask[:, :-1]]
+    assert torch.equal(labels, batch["labels"])
+    with torch.no_grad():
+        with hyper.inject(hyper.hypernet(batch["prompts"])):
+            full = hyper.student(input_ids=ids, attention_mask=batch["student_attention_mask"]).logits
+        expected = torch.nn.functional.cross_entropy(full[mask], labels)
+        bare = hyper.student(input_ids=ids, attention_mask=batch["student_attention_mask"]).logits
+        assert not torch.isclose(torch.nn.functional.cross_entropy(bare[mask], labels), expected, atol=1e-4)
+    for ce_weight in (0.0, 0.5):
+        loss = distillation_loss(out.student, out.teacher, batch["labels"], "forward_kl", 1.0, ce_weight,
+                                 verified=batch["verified_mask"])
+        torch.testing.assert_close(loss["loss"], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loss["verified_ce"], expected, atol=1e-5, rtol=1e-5)
+    loss["loss"].backward()  # the cross-entropy trains the generator
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in hyper.hypernet.generator.parameters())
+
+
+@pytest.mark.parametrize("targets", [["verified", "distill", "verified"], ["distill"] * 2])
+def test_a_batch_with_distill_tokens_runs_the_teacher(targets: list[str]) -> None:
+    hyper = _perturbed_hyper()
+    batch = DistillCollator(hyper.tokenizer, 256)(_records(targets))
+    assert not bool(batch["verified_mask"].all())
+    with pytest.raises(AssertionError, match="teacher was run"):
+        distill_forward(hyper, _RaisingTeacher(), batch, torch.device("cpu"), skip_unread_teacher=True)
+    inner = tiny_model("llama", seed=1)
+    teacher = _CountingTeacher(inner)
+    out = distill_forward(hyper, teacher, batch, torch.device("cpu"), skip_unread_teacher=True)
+    assert teacher.calls == 1
+    with torch.no_grad():
+        full = inner(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits
+    torch.testing.assert_close(out.teacher, full[batch["teacher_loss_mask"]], atol=1e-5, rtol=1e-5)
+
+
+def test_without_the_training_flag_an_all_verified_batch_still_runs_the_teacher() -> None:
+    """Evaluation (held-out KL, the KL gap closed) reads the teacher's logits of every record, verified or not."""
+    hyper = _perturbed_hyper()
+    batch = DistillCollator(hyper.tokenizer, 256)(_records(["verified"] * 2))
+    assert bool(batch["verified_mask"].all())
+    with pytest.raises(AssertionError, match="teacher was run"):
+        distill_forward(hyper, _RaisingTeacher(), batch, torch.device("cpu"))

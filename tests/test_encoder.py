@@ -252,3 +252,39 @@ def test_new_student_hidden_parts_train(llama: nn.Module, tok: PreTrainedTokeniz
     for name in ("layer_logits", "pool.queries", "head.1.weight"):
         grad = enc.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+# -- a tokenizer without a pad token ---------------------------------------------
+
+
+@pytest.mark.parametrize("backbone", ["student_hidden", "student_embeddings"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_tokenizer_without_a_pad_token_encodes_as_with_one(backbone: str, side: str) -> None:
+    from bpe_fixture import bpe_model, bpe_tokenizer
+
+    tok = bpe_tokenizer()
+    student = bpe_model(tok, init=0.2)
+    tok.padding_side = side
+    prompts = ["Keep it short.", "Write exactly 2 bullet points in markdown format, and nothing else.", "Be kind."]
+    lengths = [len(tok(p)["input_ids"]) for p in prompts]
+    assert len(set(lengths)) == 3  # every row but the longest is padded
+    enc = make_encoder(backbone, student, tok, max_length=128)
+    with torch.no_grad():
+        with_pad = enc(prompts)
+        alone = torch.cat([enc([p]) for p in prompts])
+    tok.pad_token = None
+    assert tok.pad_token_id is None
+    with pytest.raises(ValueError, match="pad"):  # what the encoder used to ask the tokenizer for
+        tok(prompts, padding=True)
+    ids, mask = enc.tokenize(prompts, torch.device("cpu"))
+    assert ids.shape == mask.shape == (3, max(lengths))
+    for row, row_mask, prompt in zip(ids, mask, prompts):
+        real = row_mask.bool()
+        assert row[real].tolist() == tok(prompt)["input_ids"]
+        # Padding on the tokenizer's side: the real tokens are one run at the left or right end.
+        assert row_mask.tolist() == sorted(row_mask.tolist(), reverse=side == "right")
+    with torch.no_grad():
+        without_pad = enc(prompts)
+    torch.testing.assert_close(without_pad, with_pad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(without_pad, alone, atol=1e-5, rtol=1e-5)  # padding changes nothing at all
+    assert not torch.allclose(without_pad[0], without_pad[1])

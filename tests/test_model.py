@@ -231,3 +231,44 @@ def test_generate_formats_text_inputs_with_the_chat_template(trained: HyperLoRA,
     raw = trained.generate(PROMPTS[:2], inputs, chat_template=False, max_new_tokens=3, do_sample=False)
     assert raw.shape[1] <= plain["input_ids"].shape[1] + 3
     assert end_of_turn_ids(tok) == [tok.eos_token_id]  # the toy template ends a turn with EOS
+
+
+@pytest.mark.parametrize("chat_template", [True, False])
+def test_generate_on_text_without_a_pad_token(chat_template: bool) -> None:
+    from bpe_fixture import bpe_model, bpe_tokenizer
+
+    from hyperlora.data.format import prefix_ids
+
+    tok = bpe_tokenizer()
+    hyper = build(bpe_model(tok, init=0.2), tok)
+    with torch.no_grad():  # off the zero start: the adapters act
+        for p in hyper.hypernet.generator.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    hyper.eval()
+    prompts = ["Answer in lowercase.", "Write exactly 2 bullet points in markdown format."]
+    inputs = ["How do I change a flat tire?", "Plan a trip."]  # different lengths: the second is left-padded
+    options = dict(chat_template=chat_template, max_new_tokens=4, do_sample=False)
+
+    def new_tokens(out: Tensor, width: int) -> list[list[int]]:
+        return out[:, width:].tolist()
+
+    padded = hyper._encode_inputs(inputs, chat_template)
+    width = padded["input_ids"].shape[1]
+    with_pad = new_tokens(hyper.generate(prompts, inputs, **options), width)
+    singles = []
+    for prompt, text in zip(prompts, inputs):
+        alone = hyper._encode_inputs([text], chat_template)["input_ids"].shape[1]
+        singles += new_tokens(hyper.generate([prompt], [text], **options), alone)
+    bare = new_tokens(hyper.student.generate(**padded, max_new_tokens=4, do_sample=False,
+                                             pad_token_id=tok.pad_token_id), width)
+
+    tok.pad_token = None
+    batch = hyper._encode_inputs(inputs, chat_template)
+    assert batch["input_ids"].shape == (2, width) and int(batch["attention_mask"][1].sum()) < width
+    for row, mask, text in zip(batch["input_ids"], batch["attention_mask"], inputs):
+        assert mask.tolist() == sorted(mask.tolist())  # left padding
+        expected = prefix_ids(tok, None, text) if chat_template else tok(text)["input_ids"]
+        assert row[mask.bool()].tolist() == expected
+    without_pad = new_tokens(hyper.generate(prompts, inputs, **options), width)
+    assert without_pad == with_pad == singles  # rows generate as alone, pad token or not
+    assert without_pad != bare  # and with their adapters

@@ -37,7 +37,7 @@ from hyperlora.data.records import Record
 from hyperlora.decoding import decode_batch
 from hyperlora.fingerprint import model_fingerprint
 
-__all__ = ["LabelSettings", "label_missing", "read_cache"]
+__all__ = ["LabelSettings", "check_cache_file", "label_missing", "read_cache"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,30 @@ def read_cache(cache_file: str | Path) -> dict[str, tuple[str, bool]]:
                 and isinstance(row.get("finished"), bool)):
             cache[row["key"]] = (row["output"], row["finished"])
     return cache
+
+
+def check_cache_file(cache_file: str | Path) -> Path:
+    """``cache_file`` as a ``Path``, refused (one line) when it is not a label cache we may append to.
+
+    A missing or empty file is fine (labelling creates it); an existing one must start with a label row,
+    so that a file the project did not write is never appended to.
+    """
+    path = Path(cache_file)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"The label cache {path} is a folder; give a file path (e.g. {path / 'labels.jsonl'}).")
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as handle:
+            first = handle.readline().decode("utf-8", errors="replace")
+        try:
+            row = json.loads(first)
+        except ValueError:
+            row = None
+        # A first line cut by a kill during the first append (no newline yet) is ours too: labelling cuts it.
+        cut_first = not first.endswith("\n") and first.startswith('{"key": ')
+        if not cut_first and not (isinstance(row, dict) and {"key", "output", "finished"} <= row.keys()):
+            raise ValueError(f"{path} is not a hyperlora label cache (its first line is not a label row); it was left "
+                             "untouched. Choose a new file for data.label_cache.")
+    return path
 
 
 def _cut_partial_line(path: Path) -> None:

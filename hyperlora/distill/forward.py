@@ -62,18 +62,29 @@ _KEEP_SUPPORT: dict[Any, bool] = {}
 
 
 def distill_forward(hyper: Any, teacher: nn.Module, batch: dict[str, Any], device: torch.device,
-                    hypernet: nn.Module | None = None) -> DistillForward:
+                    hypernet: nn.Module | None = None, skip_unread_teacher: bool = False) -> DistillForward:
     """Student and teacher logits at the response positions, ``[N, V]`` each, and the adapters used.
 
-    ``batch``: a ``DistillCollator`` batch. ``hypernet``: the module producing adapters (a DDP
+    ``batch``: a ``DistillCollator`` batch. ``skip_unread_teacher`` (training): when its ``verified_mask``
+    marks every response token, the teacher is not run and ``teacher`` holds the student's detached logits
+    (the training loss reads none of them; an evaluation KL would, so it leaves this off).
+    ``hypernet``: the module producing adapters (a DDP
     wrapper in multi-process training); defaults to ``hyper.adapters``.
     """
     move = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
-    with torch.no_grad():
-        teacher_sel = logits_at(teacher, move["teacher_input_ids"], move["teacher_attention_mask"],
-                                batch["teacher_loss_mask"])
+    verified = batch.get("verified_mask")
+    # Every response token verified (data.targets=verified): the loss is cross-entropy alone and reads no
+    # teacher logit, so the teacher's forward, a third of the step, is skipped.
+    only_verified = skip_unread_teacher and verified is not None and len(verified) > 0 and bool(verified.all())
+    teacher_sel = None
+    if not only_verified:
+        with torch.no_grad():
+            teacher_sel = logits_at(teacher, move["teacher_input_ids"], move["teacher_attention_mask"],
+                                    batch["teacher_loss_mask"])
     adapters = hypernet(batch["prompts"]) if hypernet is not None else hyper.adapters(batch["prompts"])
     with hyper.inject(adapters):
         student_sel = logits_at(hyper.student, move["student_input_ids"], move["student_attention_mask"],
                                 batch["student_loss_mask"])
+    if teacher_sel is None:  # the KL is over no token; the student's own logits keep the shapes, cost nothing
+        teacher_sel = student_sel.detach()
     return DistillForward(student_sel, teacher_sel, adapters)

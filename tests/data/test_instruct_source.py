@@ -4,7 +4,7 @@
 - the collator marks which response tokens are verified;
 - ``DataConfig``: instruct's own evaluation splits, ``data.targets`` only with the instruct suite;
 - ``hyperlora train data.source=instruct data.targets=mix`` end to end on a tiny Llama with a real
-  byte-level BPE tokenizer and a Llama-3-like chat template (built here with ``tokenizers``).
+  byte-level BPE tokenizer and a Llama-3-like chat template (``tests/bpe_fixture.py``).
 """
 
 from __future__ import annotations
@@ -13,27 +13,16 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from bpe_fixture import bpe_tokenizer, save_bpe_model
 from hyperlora.cli import main as cli_main
 from hyperlora.data.collate import DistillCollator
 from hyperlora.data.label import read_cache
 from hyperlora.data.records import Record, parse_record, read_jsonl, write_jsonl
 from hyperlora.distill.losses import cross_entropy_loss, distillation_loss, kl_loss
 from hyperlora.instruct import build_split, index_by_record
-from hyperlora.toy.models import tiny_config
 from hyperlora.train import LABEL_CACHE, load_data
 from hyperlora.train_config import DEFAULT_EVAL_SPLITS, INSTRUCT_EVAL_SPLITS, DataConfig
-
-SPECIALS = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-            "<|eot_id|>"]
-LLAMA3_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>"
-    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
-
 
 # -- the loss: KL on distill tokens, cross-entropy on verified ones ---------------------------------------
 
@@ -93,21 +82,6 @@ def test_a_verified_mask_of_the_wrong_length_is_refused(logits):
 # -- records, collator, config ----------------------------------------------------------------------------
 
 
-def bpe_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on the suite's own text; EOS ``<|end_of_text|>`` is not the end of turn."""
-    corpus = [f"{e.instruction} {e.question}" for e in build_split("train", 200, 0)]
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
-                                  pad_token="<|pad|>", padding_side="left")
-    tok.chat_template = LLAMA3_TEMPLATE
-    return tok
-
-
 def test_the_collator_marks_the_verified_response_tokens():
     tok = bpe_tokenizer()
     records = [Record("Answer in lowercase.", "Name a fruit.", "an apple"),
@@ -148,16 +122,7 @@ def test_instruct_takes_its_own_default_eval_splits_and_targets_need_it():
 @pytest.fixture(scope="module")
 def bpe_model_dir(tmp_path_factory):
     """A tiny random Llama beside the BPE tokenizer, vocabularies matched, long enough for the suite's prompts."""
-    path = tmp_path_factory.mktemp("bpe_llama")
-    tok = bpe_tokenizer()
-    config = tiny_config("llama")
-    config.vocab_size = len(tok)
-    config.max_position_embeddings = 1024
-    config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_bpe_model(tmp_path_factory.mktemp("bpe_llama"))
 
 
 def test_train_on_the_instruct_suite_with_mixed_targets(bpe_model_dir, tmp_path, capsys, monkeypatch):

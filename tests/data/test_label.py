@@ -221,3 +221,115 @@ def test_data_config_passes_every_labelling_option(teachers, tok, tmp_path: Path
                 dict(prompt_layout="assistant")):
         with pytest.raises(ValueError, match=next(iter(bad))):
             DataConfig(**bad)
+
+
+# -- data.label_cache: one cache file shared by several runs ------------------------------------------------------
+
+
+FOREIGN = {
+    "text": b"hello\n",
+    "a dataset line": b'{"prompt": "p", "input": "i", "output": "o"}\n',
+    "a JSON list": b"[1, 2, 3]\n",
+    "no newline": b"hello",
+}
+
+
+@pytest.mark.parametrize("content", FOREIGN.values(), ids=FOREIGN.keys())
+def test_a_foreign_file_is_refused_and_left_untouched(content: bytes, tmp_path: Path) -> None:
+    from hyperlora.data.label import check_cache_file
+
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not a hyperlora label cache"):
+        check_cache_file(path)
+    assert path.read_bytes() == content
+
+
+def test_a_folder_is_refused(tmp_path: Path) -> None:
+    from hyperlora.data.label import check_cache_file
+
+    with pytest.raises(ValueError, match="is a folder"):
+        check_cache_file(tmp_path)
+
+
+def test_a_missing_an_empty_and_a_real_cache_are_accepted(teachers, tok, tmp_path: Path) -> None:
+    from hyperlora.data.label import check_cache_file
+
+    missing = tmp_path / "sub" / "labels.jsonl"
+    assert check_cache_file(str(missing)) == missing and not missing.exists()  # nothing is created by the check
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()
+    assert check_cache_file(empty) == empty
+    real = tmp_path / "real.jsonl"
+    label_missing(RECORDS[:2], teachers[0], tok, real, max_new_tokens=TOKENS, progress=False)
+    before = real.read_bytes()
+    assert check_cache_file(real) == real and real.read_bytes() == before
+    # A first append cut by a kill (no newline yet) is still ours; labelling then cuts the partial line.
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(before.splitlines(keepends=True)[0][:30])
+    assert check_cache_file(cut) == cut
+    label_missing(RECORDS[:2], teachers[0], tok, cut, max_new_tokens=TOKENS, progress=False)
+    assert cut.read_bytes() == before
+
+
+def _jsonl_data(tmp_path: Path, cache: Path | None):
+    from hyperlora.data.records import write_jsonl
+    from hyperlora.train_config import DataConfig
+
+    write_jsonl(RECORDS[:4], tmp_path / "train.jsonl")
+    write_jsonl(RECORDS[4:], tmp_path / "eval.jsonl")
+    return DataConfig(source="jsonl", train=str(tmp_path / "train.jsonl"), eval={"held": str(tmp_path / "eval.jsonl")},
+                      label_max_new_tokens=TOKENS, label_progress=False,
+                      label_cache=None if cache is None else str(cache))
+
+
+def test_two_runs_share_one_label_cache(teachers, tok, tmp_path: Path, monkeypatch) -> None:
+    from hyperlora.train import LABEL_CACHE, load_data
+
+    shared = tmp_path / "shared" / "labels.jsonl"
+    data = _jsonl_data(tmp_path, shared)
+    decode = CountingDecode()
+    monkeypatch.setattr(label_module, "decode_batch", decode)
+    run_a, run_b = tmp_path / "run_a", tmp_path / "run_b"
+    train_a, evals_a = load_data(data, teachers[0], tok, run_a)
+    assert decode.rows == len(RECORDS)
+    assert [r.output for r in train_a + evals_a["held"]] == _expected(teachers[0], tok)
+    assert len(read_cache(shared)) == len(RECORDS)
+
+    monkeypatch.setattr(label_module, "decode_batch", lambda *a, **k: pytest.fail("decoded again"))
+    train_b, evals_b = load_data(data, teachers[0], tok, run_b)
+    assert (train_b, evals_b) == (train_a, evals_a)
+    assert not (run_a / LABEL_CACHE).exists() and not (run_b / LABEL_CACHE).exists()
+    assert len(read_cache(shared)) == len(RECORDS)  # nothing appended the second time
+
+    # Without data.label_cache, the run's own folder holds the labels (and the shared file is not read).
+    monkeypatch.setattr(label_module, "decode_batch", decode)
+    load_data(_jsonl_data(tmp_path, None), teachers[0], tok, run_b)
+    assert decode.rows == 2 * len(RECORDS) and len(read_cache(run_b / LABEL_CACHE)) == len(RECORDS)
+
+
+def test_load_data_refuses_a_foreign_label_cache_before_decoding(teachers, tok, tmp_path: Path, monkeypatch) -> None:
+    from hyperlora.train import load_data
+
+    foreign = tmp_path / "notes.txt"
+    foreign.write_bytes(b"hello\n")
+    monkeypatch.setattr(label_module, "decode_batch", lambda *a, **k: pytest.fail("decoded"))
+    with pytest.raises(ValueError, match="not a hyperlora label cache"):
+        load_data(_jsonl_data(tmp_path, foreign), teachers[0], tok, tmp_path / "run")
+    assert foreign.read_bytes() == b"hello\n"
+
+
+def test_a_resume_may_change_the_label_cache() -> None:
+    import dataclasses
+
+    from hyperlora.resume_policy import changed_keys, run_identity
+    from hyperlora.train_config import TrainConfig
+
+    before = dataclasses.asdict(TrainConfig())
+    shared = {**before, "data": {**before["data"], "label_cache": "/elsewhere/labels.jsonl"}}
+    assert before["data"]["label_cache"] is None
+    assert changed_keys(before, shared) == [] and changed_keys(shared, before) == []
+    assert run_identity(before) == run_identity(shared)
+    # A labelling setting still makes another run (the check is not blind to data.*).
+    other = {**before, "data": {**before["data"], "label_max_new_tokens": 7}}
+    assert changed_keys(before, other) == ["data.label_max_new_tokens"]
