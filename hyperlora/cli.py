@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("hyperlora.inspection", "per-layer adapter statistics, prompt similarity, --json/--csv/--plot DIR"),
     "export": ("hyperlora.export:main", "write one prompt's adapter as a standard PEFT LoRA folder"),
     "merge": ("hyperlora.export:merge_main", "write a full model folder with one prompt's adapter merged into the weights"),
+    "playground": ("hyperlora.playground.app", "a local web page: type instructions, see the answers and the adapters they make"),
     "bench": ("hyperlora.bench.main", "every performance benchmark as ratios to in-process baselines, one JSON report (--out FILE)"),
 }
 
