@@ -27,18 +27,21 @@ LLAMA3_TEMPLATE = (
 )
 
 
-def bpe_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on the suite's own text; EOS ``<|end_of_text|>`` is not the end of turn."""
-    corpus = [f"{e.instruction} {e.question}" for e in build_split("train", 200, 0)]
+def bpe_tokenizer(corpus: list[str] | None = None, vocab_size: int = 600, specials: list[str] | None = None,
+                  template: str | None = LLAMA3_TEMPLATE) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on ``corpus`` (default: the suite's own text); EOS ``<|end_of_text|>`` is not the
+    end of turn ``<|eot_id|>``; ``template`` the chat template (None: none)."""
+    if corpus is None:
+        corpus = [f"{e.instruction} {e.question}" for e in build_split("train", 200, 0)]
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIALS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials or SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     core.train_from_iterator(corpus, trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
                                   pad_token="<|pad|>", padding_side="left")
-    tok.chat_template = LLAMA3_TEMPLATE
+    tok.chat_template = template
     return tok
 
 

@@ -93,12 +93,7 @@ def test_empty_mask_gives_no_rows_and_keeps_the_graph() -> None:
 
 
 def test_distill_forward_returns_both_logits_and_the_adapters_it_used() -> None:
-    config = HyperLoRAConfig(lora=LoRASpec(4, 8.0), encoder=EncoderConfig(d_ctx=32, d_model=32, max_length=128),
-                             generator=GeneratorConfig(d_emb=16, d_hidden=64))
-    hyper = HyperLoRA(tiny_model("llama"), char_tokenizer(), config)
-    with torch.no_grad():  # off the zero start, so that the adapters move the student's logits
-        for p in hyper.hypernet.generator.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    hyper = _perturbed_hyper()
     teacher = tiny_model("llama", seed=1)
     batch = DistillCollator(hyper.tokenizer, 256)(as_records(build_split("train", 3, 0)))
     out = distill_forward(hyper, teacher, batch, torch.device("cpu"))

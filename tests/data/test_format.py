@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from bpe_fixture import bpe_tokenizer as shared_bpe_tokenizer
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -51,17 +51,9 @@ CORPUS = ["Reverse the order of the words.", "Answer in capitals.", "the cat sat
 
 
 def bpe_tokenizer(template: str | None = LLAMA3_TEMPLATE) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with Llama-3's special tokens; EOS is ``<|end_of_text|>``, not ``<|eot_id|>``."""
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(CORPUS, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
-                                  pad_token="<|pad|>", padding_side="left")
-    tok.chat_template = template
-    return tok
+    """A byte-level BPE tokenizer with Llama-3's (and ChatML's) special tokens; EOS is ``<|end_of_text|>``, not
+    ``<|eot_id|>``."""
+    return shared_bpe_tokenizer(CORPUS, 300, SPECIALS, template)
 
 
 @pytest.fixture(scope="module")
