@@ -114,3 +114,20 @@ def test_a_checkpoint_for_another_base_model_is_a_message(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(PlaygroundError, match="does not exist|No HyperLoRA checkpoint"):
         _load(str(tmp_path / "missing"), None, "cpu", None)
+
+
+@pytest.mark.parametrize("args, match", [(["--port", "0"], "is not a port"),
+                                         (["--checkpoint", "/nonexistent/ckpt", "--device", "cpu"], "ckpt")])
+def test_the_command_refuses_bad_options_in_one_line_before_serving(args, match, capsys):
+    from hyperlora.playground.app import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hyperlora playground: ") and match in err and "\n" not in err
+
+
+def test_the_server_listens_on_this_machine_only_by_default():
+    from hyperlora.playground.app import _parser
+
+    args = _parser().parse_args([])
+    assert (args.host, args.port) == ("127.0.0.1", 7860)
