@@ -118,6 +118,10 @@ class PlaygroundSession:
             raise PlaygroundError("Type a message for the model to answer.")
         if len(message) > MAX_MESSAGE_CHARS:
             raise PlaygroundError(f"The message is {len(message)} characters; keep it under {MAX_MESSAGE_CHARS}.")
+        self.check_instructions(instructions)
+
+    def check_instructions(self, instructions: list[str]) -> None:
+        """Refuse an instruction longer than the hypernetwork reads (it would be cut without a word)."""
         limit = self.hyper.hypernet.encoder.max_length
         for i, text in enumerate(instructions, 1):
             tokens = len(self.hyper.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -174,6 +178,7 @@ class PlaygroundSession:
         from hyperlora.inspection import inspect_adapters
         from hyperlora.plots import plot_relative_heatmap, plot_similarity, plot_spectra
 
+        self.check_instructions(instructions)
         with self._lock, torch.no_grad():
             report = inspect_adapters(self.hyper, instructions)
         folder = Path(tempfile.mkdtemp(prefix="figures-", dir=self._dir()))
@@ -188,6 +193,7 @@ class PlaygroundSession:
         """The instruction's adapter as a PEFT folder, zipped for download."""
         from hyperlora.export import export_peft
 
+        self.check_instructions([instruction])
         folder = Path(tempfile.mkdtemp(prefix="peft-", dir=self._dir()))
         with self._lock:
             export_peft(self.hyper, instruction, folder / "adapter")
@@ -199,6 +205,7 @@ class PlaygroundSession:
 
         from hyperlora.export import peft_state_dict
 
+        self.check_instructions([instruction])
         folder = Path(tempfile.mkdtemp(prefix="tensors-", dir=self._dir()))
         with self._lock:
             state = peft_state_dict(self.hyper, instruction)

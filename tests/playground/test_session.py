@@ -78,6 +78,9 @@ def test_a_long_instruction_and_an_empty_message_are_refused_before_any_work(ses
     with pytest.raises(PlaygroundError, match="Type a message"):
         list(session.stream(INSTRUCTIONS, "   ", GREEDY))
     assert parse_instructions(" a \n\n b ") == ["a", "b"]
+    for job in (session.figures, lambda x: session.export_peft(x[0]), lambda x: session.export_safetensors(x[0])):
+        with pytest.raises(PlaygroundError, match="the hypernetwork reads at most 24"):
+            job(["word " * 200])
 
 
 def test_figures_are_the_inspect_plots(session):
