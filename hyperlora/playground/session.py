@@ -165,9 +165,11 @@ class PlaygroundSession:
 
             worker = threading.Thread(target=run, daemon=True)
             worker.start()
-            while (texts := streamer.texts.get()) is not None:
-                yield Answers(texts[:n], texts[n : 2 * n], texts[2 * n])
-            worker.join()
+            try:
+                while (texts := streamer.texts.get()) is not None:
+                    yield Answers(texts[:n], texts[n : 2 * n], texts[2 * n])
+            finally:  # also when the page stops listening: the hooks go before the next click may inject
+                worker.join()
         if failure:
             raise failure[0]
 

@@ -134,3 +134,12 @@ def test_the_server_listens_on_this_machine_only_by_default():
 
     args = _parser().parse_args([])
     assert (args.host, args.port) == ("127.0.0.1", 7860)
+
+
+def test_a_stream_left_early_releases_the_model_for_the_next(session):
+    stream = session.stream(INSTRUCTIONS, MESSAGE, {"max_new_tokens": 8})
+    next(stream)
+    stream.close()  # the page stopped listening after the first tokens
+    hooks = sum(len(m._forward_hooks) for m in session.hyper.student.modules())
+    assert hooks == 0  # generation finished and every adapter hook is gone
+    assert list(session.stream(INSTRUCTIONS[:1], MESSAGE, GREEDY))[-1].student[0]
