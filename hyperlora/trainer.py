@@ -322,18 +322,21 @@ class Trainer:
         self.hyper.eval()
         cfg = self.config
         metrics: dict[str, float] = {}
-        for split, records in self.eval_sets.items():
-            if self.follows is not None and with_exact_match:
-                figures = open_answer_metrics(self.hyper, self.teacher, records, self.collator, self.follows,
-                                              self.answer_cache, cfg.eval_batch_size, cfg.max_new_tokens)
-                metrics.update({f"{split}/{key}": value for key, value in figures.items()})
-                continue
-            metrics[f"{split}/kl"] = heldout_kl(self.hyper, self.teacher, records, self.collator, cfg.eval_batch_size)
-            if with_exact_match:
-                for who, value in exact_match(self.hyper, self.teacher, records, cfg.eval_batch_size,
-                                              cfg.max_new_tokens).items():
-                    metrics[f"{split}/em_{who}"] = value
-        self.hyper.train()
+        try:
+            for split, records in self.eval_sets.items():
+                if self.follows is not None and with_exact_match:
+                    figures = open_answer_metrics(self.hyper, self.teacher, records, self.collator, self.follows,
+                                                  self.answer_cache, cfg.eval_batch_size, cfg.max_new_tokens)
+                    metrics.update({f"{split}/{key}": value for key, value in figures.items()})
+                    continue
+                metrics[f"{split}/kl"] = heldout_kl(self.hyper, self.teacher, records, self.collator,
+                                                    cfg.eval_batch_size)
+                if with_exact_match:
+                    for who, value in exact_match(self.hyper, self.teacher, records, cfg.eval_batch_size,
+                                                  cfg.max_new_tokens).items():
+                        metrics[f"{split}/em_{who}"] = value
+        finally:  # an evaluation that raises must not leave LoRA dropout off for the training that follows
+            self.hyper.train()
         self._evaluated = (self.step, with_exact_match, dict(metrics))
         return metrics
 

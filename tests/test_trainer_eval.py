@@ -137,3 +137,17 @@ def test_exact_match_evaluates_once_per_step(tmp_path, monkeypatch) -> None:
     after = trainer.evaluate()
     assert (em_calls, kl_calls) == ([1, 1], [1, 1, 1])
     assert after["train_unseen_inputs/kl"] != first["train_unseen_inputs/kl"]
+
+
+def test_an_evaluation_that_raises_leaves_the_hypernetwork_training(tmp_path, monkeypatch) -> None:
+    trainer = make_trainer(tmp_path, eval_sets=EVAL, eval_examples=4, max_new_tokens=8)
+
+    def broken(*args, **kwargs):
+        assert not trainer.hyper.training  # evaluated in eval mode (no LoRA dropout)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(trainer_module, "heldout_kl", broken)
+    trainer.hyper.train()
+    with pytest.raises(RuntimeError, match="disk full"):
+        trainer.evaluate()
+    assert trainer.hyper.training  # back in training mode for the steps that follow
