@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["check_pools"]
+__all__ = ["PooledKind", "check_pools", "check_split_request"]
 
 
 def check_pools(what: str, phrasings: Sequence[str], min_phrasings: int, train_params: Sequence[Any],
@@ -29,3 +29,31 @@ def check_pools(what: str, phrasings: Sequence[str], min_phrasings: int, train_p
     overlap = [p for p in heldout_params if p in train_params]
     if overlap:
         raise ValueError(f"{what}: held-out parameter values {overlap} are also train values")
+
+
+class PooledKind:
+    """What a kind of instruction derives from its ``phrasings`` and ``train_params`` (a mixin for the
+    suites' frozen dataclasses): the last phrasing is the held-out one."""
+
+    phrasings: Sequence[str]
+    train_params: Sequence[Any]
+
+    @property
+    def parameterised(self) -> bool:
+        return bool(self.train_params)
+
+    @property
+    def train_phrasings(self) -> tuple[int, ...]:
+        return tuple(range(len(self.phrasings) - 1))
+
+    @property
+    def heldout_phrasings(self) -> tuple[int, ...]:
+        return (len(self.phrasings) - 1,)
+
+
+def check_split_request(split: str, n: int, splits: Sequence[str]) -> None:
+    """Refuse an unknown split or a negative count (``build_split`` of either suite)."""
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(splits)}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from hyperlora.data.suites import check_pools
+from hyperlora.data.suites import PooledKind, check_pools
 from hyperlora.instruct.phrasings import PHRASINGS
 from hyperlora.instruct.rewriters import REWRITERS, Rewriter
 from hyperlora.instruct.verifiers import VERIFIERS
@@ -39,7 +39,7 @@ _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", 
 
 
 @dataclass(frozen=True)
-class InstructionType:
+class InstructionType(PooledKind):
     """One verifiable instruction type. The last phrasing is held out (``heldout_phrasing``)."""
 
     name: str
@@ -57,18 +57,6 @@ class InstructionType:
     @property
     def rewritable(self) -> bool:
         return self.rewriter is not None
-
-    @property
-    def parameterised(self) -> bool:
-        return bool(self.train_params)
-
-    @property
-    def train_phrasings(self) -> tuple[int, ...]:
-        return tuple(range(len(self.phrasings) - 1))
-
-    @property
-    def heldout_phrasings(self) -> tuple[int, ...]:
-        return (len(self.phrasings) - 1,)
 
     def sample_params(self, rng: random.Random, held_out: bool = False) -> Params:
         """A parameter dict from the train (or held-out) pool; ``{}`` for unparameterised types."""

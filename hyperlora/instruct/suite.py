@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyperlora.data.records import Record
+from hyperlora.data.suites import check_split_request
 from hyperlora.instruct.instructions import (
     HELDOUT_TYPES,
     INSTRUCTION_TYPES,
@@ -196,10 +197,7 @@ def build_split(split: str, n: int, seed: int = 0) -> list[Example]:
     ``train_unseen_questions`` shares ``train``'s instruction stream, so its i-th
     instruction equals train's i-th for the same ``n`` and ``seed``.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    check_split_request(split, n, SPLITS)
     task_split = "train" if split == "train_unseen_questions" else split
     task_rng = random.Random(f"hyperlora.instruct/{task_split}/{seed}/instructions")
     question_rng = random.Random(f"hyperlora.instruct/{split}/{seed}/questions")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hyperlora.data.records import Record
-from hyperlora.data.suites import check_pools
+from hyperlora.data.suites import PooledKind, check_pools, check_split_request
 
 __all__ = [
     "WORDS",
@@ -154,7 +154,7 @@ def _plant_word(words: list[str], param: tuple[str, str], rng: random.Random) ->
 
 
 @dataclass(frozen=True)
-class TaskFamily:
+class TaskFamily(PooledKind):
     """One kind of transformation, its phrasings and its parameter values.
 
     Phrasings are lowercase imperative phrases without final punctuation, with
@@ -174,18 +174,6 @@ class TaskFamily:
 
     def __post_init__(self) -> None:
         check_pools(f"family {self.name!r}", self.phrasings, 4, self.train_params, self.heldout_params)
-
-    @property
-    def parameterised(self) -> bool:
-        return bool(self.train_params)
-
-    @property
-    def train_phrasings(self) -> tuple[int, ...]:
-        return tuple(range(len(self.phrasings) - 1))
-
-    @property
-    def heldout_phrasings(self) -> tuple[int, ...]:
-        return (len(self.phrasings) - 1,)
 
     def __call__(self, words: Sequence[str], param: Any = None) -> str:
         return self.fn(list(words), param)
@@ -617,10 +605,7 @@ def build_split(split: str, n: int, seed: int = 0) -> list[Example]:
     instruction for the same ``n`` and ``seed``, while its inputs come from the
     reserved side of the input partition (see the module docstring).
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    check_split_request(split, n, SPLITS)
     task_split = "train" if split == "train_unseen_inputs" else split
     task_rng = random.Random(f"hyperlora.tasks/{task_split}/{seed}/tasks")
     input_rng = random.Random(f"hyperlora.tasks/{split}/{seed}/inputs")

@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 from bpe_fixture import bpe_tokenizer as shared_bpe_tokenizer
+from model_helpers import always_says
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -140,14 +141,7 @@ def _model_that_always_says(tok, token_id: int) -> nn.Module:
     config.vocab_size = len(tok)
     config.pad_token_id, config.bos_token_id, config.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
-    nn.init.zeros_(head.weight)
-    with torch.no_grad():
-        head.bias.zero_()
-        head.bias[token_id] = 10.0
-    model.set_output_embeddings(head)
-    return model
+    return always_says(AutoModelForCausalLM.from_config(config).eval(), token_id)
 
 
 def test_generation_stops_at_the_end_of_turn_and_says_whether_a_row_finished(tok) -> None:

@@ -112,17 +112,9 @@ def test_a_line_cut_by_a_kill_is_ignored_and_cut_before_the_next_append(teachers
 
 def _teacher_that_always_says(token_id: int):
     """A tiny llama whose head always prefers ``token_id`` (EOS: it stops at once; a letter: it never stops)."""
-    import torch
-    from torch import nn
+    from model_helpers import always_says
 
-    model = tiny_model("llama")
-    head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
-    nn.init.zeros_(head.weight)
-    with torch.no_grad():
-        head.bias.zero_()
-        head.bias[token_id] = 10.0
-    model.set_output_embeddings(head)
-    return model
+    return always_says(tiny_model("llama"), token_id)
 
 
 def test_a_label_cut_at_the_limit_gets_no_end_token(tok, tmp_path: Path) -> None:
