@@ -129,7 +129,8 @@ def _instruct_data(data: DataConfig, teacher: Any, tokenizer: Any, cache: Path, 
     if data.targets in ("teacher", "mix"):
         train += label_missing(as_records(examples), teacher, tokenizer, cache, **options)
     if data.targets in ("verified", "mix"):
-        verified, counts = verified_targets(examples, teacher, tokenizer, cache, **options)
+        verified, counts = verified_targets(examples, teacher, tokenizer, cache, data.verified_token_limit(),
+                                            data.verified_from_teacher, **options)
         if rank == 0:
             print(counts, flush=True)
         if not verified and data.targets == "verified":

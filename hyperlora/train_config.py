@@ -88,9 +88,16 @@ class DataConfig:
     # instruct only: what the training outputs are and which loss they take.
     #   teacher: the teacher's answer with the instruction in context, KL against its logits (context distillation);
     #   verified: the model's own answer without the instruction, rewritten to pass the verifiers, cross-entropy
-    #             (records whose instruction cannot be rewritten are dropped, with a count);
+    #             (or the teacher's answer where it passes and no rewrite is made; others are dropped, with a count);
     #   mix: both sets of records, each with its own loss.
     targets: str = "teacher"
+    # verified only: the longest target in tokens (end token included); a bare answer is cut at a sentence end until
+    # its rewrite fits. null: three quarters of label_max_new_tokens, room for a student that writes a little more
+    # than its target and is judged at that length.
+    verified_max_tokens: int | None = None
+    # verified only: an example no rewrite serves (a named language, a letter count) takes the teacher's answer
+    # (instruction in context) instead, when that answer passes the verifiers.
+    verified_from_teacher: bool = True
     max_length: int = 512  # tokens per collated row
     on_error: str = "fail"  # jsonl: fail, or skip (malformed lines are reported and left out)
     train: str | None = None  # jsonl: lines {"prompt", "input", "output"?}; a missing output is labelled by the teacher
@@ -110,6 +117,12 @@ class DataConfig:
     # settings, so a shared file only ever serves the label a run would have written itself.
     label_cache: str | None = None
 
+    def verified_token_limit(self) -> int:
+        """``verified_max_tokens``, or its default: three quarters of ``label_max_new_tokens``."""
+        if self.verified_max_tokens is not None:
+            return int(self.verified_max_tokens)
+        return max(1, self.label_max_new_tokens * 3 // 4)
+
     def label_options(self) -> dict[str, Any]:
         """``hyperlora.data.label.label_missing``'s keyword arguments."""
         return {"max_new_tokens": self.label_max_new_tokens, "batch_size": self.label_batch_size,
@@ -120,6 +133,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.prompt_layout not in ("user", "system"):
             raise ValueError(f"data.prompt_layout={self.prompt_layout!r}; choose user or system.")
+        if self.verified_max_tokens is not None and int(self.verified_max_tokens) < 2:
+            raise ValueError(f"data.verified_max_tokens must be an integer >= 2 (a word and the end token) or null, "
+                             f"got {self.verified_max_tokens!r}.")
         for name in ("label_max_new_tokens", "label_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"data.{name} must be a positive integer, got {getattr(self, name)!r}.")

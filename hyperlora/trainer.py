@@ -242,7 +242,8 @@ class Trainer:
                         out.student, out.teacher, batch["labels"].to(self.device), objective.loss,
                         objective.temperature, objective.ce_weight, objective.loss_chunk,
                         adapters=out.adapters, adapter_l2=objective.adapter_l2,
-                        verified=batch.get("verified_mask"),
+                        verified=batch.get("verified_mask"), edited=batch.get("edited_mask"),
+                        edit_weight=objective.edit_weight,
                     )
                 (losses["loss"] / cfg.accumulation).backward()
             for key, value in losses.items():

@@ -27,6 +27,9 @@ class Record:
     # What the output is a target of: "distill" (the teacher's logits, KL) or "verified" (a rewritten answer that
     # passes the instruction's verifier: cross-entropy on it; the teacher's logits are no target for it).
     target: str = "distill"
+    # A verified target only: the model's own answer the rewrite started from (hyperlora.data.verified). The
+    # collator marks the output's tokens that differ from it, so the loss can weight what the rewrite changed.
+    rewritten_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -64,7 +67,10 @@ def parse_record(line: str, where: str) -> Record:
     target = data.get("target", "distill")
     if target not in TARGETS:
         raise RecordError(f"{where}: field 'target' must be one of {', '.join(TARGETS)} when present.")
-    return Record(data["prompt"], data["input"], output, complete=complete, target=target)
+    source = data.get("rewritten_from")
+    if source is not None and not isinstance(source, str):
+        raise RecordError(f"{where}: field 'rewritten_from' must be a string when present.")
+    return Record(data["prompt"], data["input"], output, complete=complete, target=target, rewritten_from=source)
 
 
 def scan_jsonl(path: str | Path, what: str = "Dataset file") -> tuple[list[Record], list[str]]:
@@ -115,10 +121,11 @@ def read_jsonl(path: str | Path, on_error: str = "fail") -> list[Record]:
 
 
 def write_jsonl(records: list[Record], path: str | Path) -> None:
-    """Write records atomically (``output`` left out when ``None``, ``complete`` when true, ``target`` when distill)."""
+    """Write records atomically (fields at their defaults left out: ``output`` and ``rewritten_from`` when
+    ``None``, ``complete`` when true, ``target`` when distill)."""
     from hyperlora.atomic import atomic_write_text
 
-    defaults = {"output": None, "complete": True, "target": "distill"}
+    defaults = {"output": None, "complete": True, "target": "distill", "rewritten_from": None}
     rows = ({k: v for k, v in asdict(r).items() if k not in defaults or v != defaults[k]} for r in records)
     lines = [json.dumps(row, ensure_ascii=False) for row in rows]
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -22,6 +22,9 @@ class DistillConfig:
     ce_weight: float = 0.0  # cross-entropy against the response tokens, added to the KL
     loss_chunk: int = 1024  # rows of [N, V] upcast to fp32 at a time
     adapter_l2: float = 0.0  # weight of the L2 penalty on the generated A and B (Text-to-LoRA, Doc-to-LoRA)
+    # Verified targets: the weight of the tokens a rewrite changed or added (a title, a closing phrase, capitals),
+    # against 1 for the tokens of the model's own answer it kept; 1: every token alike.
+    edit_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, str) or self.loss not in LOSSES:
@@ -35,6 +38,8 @@ class DistillConfig:
             value = getattr(self, name)
             if not _number(value) or value < 0:
                 raise ValueError(f"distill.{name} must be a finite number >= 0, got {value!r}.")
+        if not _number(self.edit_weight) or not self.edit_weight > 0:
+            raise ValueError(f"distill.edit_weight must be a finite number > 0, got {self.edit_weight!r}.")
 
 
 def _number(value: object) -> bool:

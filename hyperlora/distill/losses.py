@@ -78,11 +78,21 @@ def _ce(student: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(student.float(), labels, reduction="sum")
 
 
-def cross_entropy_loss(student: Tensor, labels: Tensor, chunk: int = 1024) -> Tensor:
-    """Mean cross-entropy of ``student [N, V]`` against ``labels [N]``, chunked like the KLs."""
+def _weighted_ce(student: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+    return (F.cross_entropy(student.float(), labels, reduction="none") * weights).sum()
+
+
+def cross_entropy_loss(student: Tensor, labels: Tensor, chunk: int = 1024, weights: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy of ``student [N, V]`` against ``labels [N]``, chunked like the KLs.
+
+    ``weights [N]`` (fp32, >= 0): the weighted mean ``Σ w·ce / Σ w`` instead.
+    """
     if student.shape[0] == 0:
         return student.sum() * 0.0
-    return _chunked_sum(_ce, (student, labels), chunk) / student.shape[0]
+    if weights is None:
+        return _chunked_sum(_ce, (student, labels), chunk) / student.shape[0]
+    weights = weights.to(device=student.device, dtype=torch.float32)
+    return _chunked_sum(_weighted_ce, (student, labels, weights), chunk) / weights.sum().clamp_min(1e-12)
 
 
 def adapter_l2_penalty(adapters: AdapterBatch) -> Tensor:
@@ -103,7 +113,8 @@ def adapter_l2_penalty(adapters: AdapterBatch) -> Tensor:
 def distillation_loss(student: Tensor, teacher: Tensor, labels: Tensor | None = None, kind: str = "forward_kl",
                       temperature: float = 1.0, ce_weight: float = 0.0, chunk: int = 1024,
                       adapters: AdapterBatch | None = None, adapter_l2: float = 0.0,
-                      verified: Tensor | None = None) -> dict[str, Tensor]:
+                      verified: Tensor | None = None, edited: Tensor | None = None,
+                      edit_weight: float = 1.0) -> dict[str, Tensor]:
     """``{"loss", "kl", "ce"?, "verified_ce"?, "adapter_l2"?}``: ``loss = kl + ce_weight·ce + adapter_l2·penalty``.
 
     ``ce`` only when ``ce_weight > 0`` (needs ``labels [N]``); ``adapter_l2`` (the unweighted
@@ -115,6 +126,10 @@ def distillation_loss(student: Tensor, teacher: Tensor, labels: Tensor | None = 
     ``labels`` (``verified_ce``, the mean over the verified tokens) and no KL; ``kl`` and ``ce`` are then
     means over the other (distill) tokens only, and ``loss = kl + ce_weight · ce + verified_ce (+ penalty)``.
     With no verified token (``None``, or all false) the computation is exactly the one without the mask.
+
+    ``edited [N]`` (bool, the collator's ``edited_mask``): the verified tokens a rewrite changed or added.
+    ``verified_ce`` is then the weighted mean with weight ``edit_weight`` on those and 1 on the others;
+    ``edit_weight=1`` (or no mask) is the plain mean, exactly.
     """
     if verified is not None and verified.shape != student.shape[:1]:
         raise ValueError(f"verified mask {tuple(verified.shape)} does not match the {student.shape[0]} logit rows.")
@@ -136,7 +151,12 @@ def distillation_loss(student: Tensor, teacher: Tensor, labels: Tensor | None = 
         out["ce"] = ce
         out["loss"] = out["loss"] + ce_weight * ce
     if mixed:
-        verified_ce = cross_entropy_loss(student[verified], labels[verified], chunk)
+        weights = None
+        if edited is not None and edit_weight != 1.0:
+            if edited.shape != verified.shape:
+                raise ValueError(f"edited mask {tuple(edited.shape)} does not match the {student.shape[0]} logit rows.")
+            weights = 1.0 + (edit_weight - 1.0) * edited.to(student.device)[verified].float()
+        verified_ce = cross_entropy_loss(student[verified], labels[verified], chunk, weights)
         out["verified_ce"] = verified_ce
         out["loss"] = out["loss"] + verified_ce
     if adapter_l2 < 0:

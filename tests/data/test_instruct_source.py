@@ -130,6 +130,7 @@ def test_train_on_the_instruct_suite_with_mixed_targets(bpe_model_dir, tmp_path,
     overrides = ["experiment=tiny_test", f"model.path={bpe_model_dir}", f"trainer.out_dir={out}",
                  "data.source=instruct", "data.targets=mix", "data.n_train=24", "data.n_eval=2",
                  "data.eval_splits=[train_unseen_questions,heldout_type]", "data.label_max_new_tokens=12",
+                 "data.verified_max_tokens=64", "distill.edit_weight=4",
                  "data.label_progress=false", "trainer.max_steps=2", "trainer.save_every=2", "trainer.eval_every=0",
                  "trainer.eval_examples=2", "trainer.max_new_tokens=4"]
     assert cli_main(["train", *overrides]) == 0
