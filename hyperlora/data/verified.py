@@ -35,6 +35,9 @@ from hyperlora.instruct.verifiers import sentence_spans
 
 __all__ = ["VerifiedCounts", "cut_points", "fit_rewrite", "verified_targets"]
 
+# A last line that is only a list marker ("2.", "-", "*"): a sentence end to the splitter, no end to a reader.
+_BARE_MARKER = re.compile(r"(?:^|\n)[ \t]*(?:\d+[.)]|[*\-+•])$")
+
 
 @dataclass(frozen=True)
 class VerifiedCounts:
@@ -66,8 +69,12 @@ def cut_points(answer: str, complete: bool) -> list[int]:
         cuts.discard(0)
         if not complete:
             cuts.discard(len(answer))
-    best = sorted((e for e in ends if answer[:e].strip()), reverse=True)
-    return best + sorted((e for e in words - ends if answer[:e].strip()), reverse=True)
+    def keeps_text(end: int) -> bool:  # not empty, and not ending in a list marker alone ("...\n\n2.")
+        kept = answer[:end].rstrip()
+        return bool(kept) and not _BARE_MARKER.search(kept)
+
+    best = sorted((e for e in ends if keeps_text(e)), reverse=True)
+    return best + sorted((e for e in words - ends if keeps_text(e)), reverse=True)
 
 
 def fit_rewrite(answer: str, complete: bool, rewrite: Callable[[str], str | None], check: Callable[[str], bool],

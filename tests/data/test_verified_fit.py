@@ -46,6 +46,11 @@ def test_cut_points_of_a_cut_answer_never_keep_its_unfinished_end():
     assert ANSWER.index(" with") in cut  # a word end, for answers without enough sentences
     assert cut_points("one two", complete=False) == [3]  # the last word may be cut mid-word: it goes
     assert cut_points("\n\n", complete=True) == []
+    # A cut never leaves a list marker alone on the last line (the splitter reads "2." as a sentence end).
+    listed = "Keep it cool.\n\n1. Water it.\n\n2. Give it light"
+    kept = list(dict.fromkeys(listed[:c].rstrip() for c in cut_points(listed, complete=False)))
+    assert kept[:2] == ["Keep it cool.\n\n1. Water it.", "Keep it cool."]
+    assert not any(k.endswith(("1.", "2.")) for k in kept)
 
 
 def test_fit_rewrite_cuts_the_source_until_the_rewrite_fits():
