@@ -42,7 +42,7 @@ def tables(runs: Path) -> tuple[str, list[str]]:
                      f"{_pct(ctx_a.get(f'{s}/gap_closed'))} | {ctx.get(f'{s}/rouge_student', math.nan):.3f} | "
                      f"{ctx_a.get(f'{s}/rouge_student', math.nan):.3f} |")
     lines += ["", "**Verified targets** (targets: the model's own answer without the instruction, rewritten to pass "
-              "the verifiers; cross-entropy)", "",
+              "the verifiers, or the teacher's passing answer where no rewrite is made; cross-entropy)", "",
               "| split | student | teacher | base | prompt-agnostic LoRA | on topic (ROUGE-L to the base's answer): "
               "student | agnostic |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for s in SPLITS:
