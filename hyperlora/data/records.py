@@ -27,8 +27,9 @@ class Record:
     # What the output is a target of: "distill" (the teacher's logits, KL) or "verified" (a rewritten answer that
     # passes the instruction's verifier: cross-entropy on it; the teacher's logits are no target for it).
     target: str = "distill"
-    # A verified target only: the model's own answer the rewrite started from (hyperlora.data.verified). The
-    # collator marks the output's tokens that differ from it, so the loss can weight what the rewrite changed.
+    # A verified target only: the model's own answer without the instruction that the target departs from (for a
+    # rewrite, the cut of it the rewrite started from; hyperlora.data.verified). The collator marks the output's
+    # tokens that differ from it, so the loss can weight what the instruction changed.
     rewritten_from: str | None = None
 
     def __post_init__(self) -> None:

@@ -17,7 +17,8 @@ at: most bare answers run into the labelling length, and a closing phrase, a P.S
 quote added after 160 tokens is never reached by a student that decodes 160. So the bare answer is
 first cut at a sentence or line end (``fit_rewrite``), the unfinished last sentence of a cut answer
 always, and further sentences until the rewrite fits ``max_tokens`` (words, where sentences do not
-fit). The record keeps the bare answer the target departs from (``Record.rewritten_from``), so the loss can weight what the instruction changed.
+fit). The record keeps the bare answer the target departs from (``Record.rewritten_from``), so the
+loss can weight what the instruction changed.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def cut_points(answer: str, complete: bool) -> list[int]:
         cuts.discard(0)
         if not complete:
             cuts.discard(len(answer))
+
     def keeps_text(end: int) -> bool:  # not empty, and not ending in a list marker alone ("...\n\n2.")
         kept = answer[:end].rstrip()
         return bool(kept) and not _BARE_MARKER.search(kept)
