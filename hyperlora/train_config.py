@@ -121,7 +121,7 @@ class DataConfig:
         """``verified_max_tokens``, or its default: three quarters of ``label_max_new_tokens``."""
         if self.verified_max_tokens is not None:
             return int(self.verified_max_tokens)
-        return max(1, self.label_max_new_tokens * 3 // 4)
+        return max(2, self.label_max_new_tokens * 3 // 4)  # the floor verified_max_tokens has: a word and the end
 
     def label_options(self) -> dict[str, Any]:
         """``hyperlora.data.label.label_missing``'s keyword arguments."""
